@@ -1,0 +1,175 @@
+"""Chunks → mlx-lm training samples, rendered with the base model's own chat template.
+
+Every chat sample must end with the model's end-of-turn token: a model trained on text
+without it never learns to stop (the most common complaint after import into Ollama).
+We write the standard mlx-lm `{"messages": [...]}` format (usable by `mlx_lm.lora` as is)
+and check here, with the tokenizer, that the rendered text really ends at end-of-turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from blogtune.io_utils import atomic_write_jsonl, read_jsonl
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMPTS = {
+    "default": 'Write part {part} of {parts} of my blog post "{title}", the section "{heading}".',
+    "zh": "请写出我的博客文章《{title}》第 {part}/{parts} 部分，章节“{heading}”。",
+}
+PROMPT_FIELDS = {"title", "heading", "part", "parts"}
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+class FormatError(ValueError):
+    """Formatting cannot produce valid samples; the message names the config key."""
+
+
+@dataclass
+class FormatStats:
+    samples: int = 0
+    tokens: list[int] = field(default_factory=list)
+    ending_at_eot: int = 0
+
+    def as_dict(self) -> dict:
+        toks = self.tokens or [0]
+        return {
+            "samples": self.samples,
+            "tokens_total": sum(self.tokens),
+            "tokens_mean": round(statistics.fmean(toks), 1),
+            "tokens_max": max(toks),
+            "ending_at_end_of_turn": self.ending_at_eot,
+        }
+
+
+def validate_prompts(prompts: dict[str, str]) -> dict[str, str]:
+    """Only {title} {heading} {part} {parts} may appear; a typo must fail before any work."""
+    if "default" not in prompts:
+        raise FormatError("format.prompts needs a 'default' template")
+    for lang, template in prompts.items():
+        names = {m.group(1) for m in re.finditer(r"{(\w*)[^{}]*}", template)}
+        unknown = names - PROMPT_FIELDS
+        if unknown:
+            raise FormatError(
+                f"format.prompts.{lang}: unknown placeholder(s) {sorted(unknown)}; "
+                f"allowed: {sorted(PROMPT_FIELDS)}"
+            )
+    return prompts
+
+
+def language_of(text: str) -> str:
+    """'zh' when CJK characters make up a fair share of the text, else 'default'."""
+    sample = text[:2000]
+    letters = sum(ch.isalpha() for ch in sample) or 1
+    return "zh" if len(_CJK.findall(sample)) / letters > 0.3 else "default"
+
+
+def user_prompt(chunk: dict, prompts: dict[str, str]) -> str:
+    heading = " > ".join(chunk.get("heading_path") or []) or chunk["title"]
+    lang = language_of(chunk["title"] + chunk["text"])
+    template = prompts.get(lang, prompts["default"])
+    return template.format(title=chunk["title"], heading=heading, part=chunk["part"], parts=chunk["parts"])
+
+
+def chat_sample(chunk: dict, prompts: dict[str, str], system_prompt: str | None) -> dict:
+    messages = []
+    if system_prompt:
+        messages.append({"role": "system", "content": system_prompt})
+    messages.append({"role": "user", "content": user_prompt(chunk, prompts)})
+    messages.append({"role": "assistant", "content": chunk["text"]})
+    return {"messages": messages, **_meta(chunk)}
+
+
+def text_sample(chunk: dict) -> dict:
+    # mlx-lm's TextDataset appends EOS to every text sample, so the model learns to stop.
+    return {"text": f"# {chunk['title']}\n\n{chunk['text']}", **_meta(chunk)}
+
+
+def _meta(chunk: dict) -> dict:
+    return {
+        "article_id": chunk["article_id"],
+        "title": chunk["title"],
+        "heading": " > ".join(chunk.get("heading_path") or []),
+        "part": chunk["part"],
+        "parts": chunk["parts"],
+    }
+
+
+def end_of_turn_text(tokenizer) -> str:
+    eos = tokenizer.eos_token
+    if not eos:
+        raise FormatError("the base model's tokenizer has no eos_token; use format.style: text")
+    return eos
+
+
+def check_sample(sample: dict, tokenizer, style: str) -> tuple[int, bool]:
+    """Token count of the rendered sample and whether it ends at end-of-turn/EOS."""
+    if style == "chat":
+        rendered = tokenizer.apply_chat_template(sample["messages"], tokenize=False)
+        ids = tokenizer.apply_chat_template(sample["messages"], tokenize=True, return_dict=False)
+        ends = rendered.rstrip().endswith(end_of_turn_text(tokenizer))
+        return len(ids), ends
+    ids = tokenizer.encode(sample["text"])
+    return len(ids) + 1, True  # +1: the EOS mlx-lm appends
+
+
+def format_split(
+    chunks: Iterable[dict],
+    out_path: Path,
+    tokenizer,
+    style: str = "chat",
+    prompts: dict[str, str] | None = None,
+    system_prompt: str | None = None,
+) -> FormatStats:
+    """Write one split's samples; every sample is checked against the tokenizer."""
+    prompts = validate_prompts(prompts or DEFAULT_PROMPTS)
+    if style == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise FormatError(
+            "format.style is 'chat' but the base model has no chat template; "
+            "use format.style: text for base (non-instruct) models"
+        )
+    if style not in {"chat", "text"}:
+        raise FormatError(f"format.style must be 'chat' or 'text', not {style!r}")
+    stats = FormatStats()
+    rows = []
+    for chunk in chunks:
+        sample = chat_sample(chunk, prompts, system_prompt) if style == "chat" else text_sample(chunk)
+        n_tokens, ends = check_sample(sample, tokenizer, style)
+        stats.samples += 1
+        stats.tokens.append(n_tokens)
+        stats.ending_at_eot += ends
+        rows.append(sample)
+    if stats.samples and stats.ending_at_eot != stats.samples:
+        raise FormatError(
+            f"{stats.samples - stats.ending_at_eot} of {stats.samples} rendered samples do not end "
+            f"with the end-of-turn token {tokenizer.eos_token!r}; the chat template and eos_token "
+            "of the base model disagree — set format.style: text or fix the tokenizer"
+        )
+    atomic_write_jsonl(out_path, rows)
+    return stats
+
+
+def format_splits(
+    split_files: dict[str, Path],
+    out_files: dict[str, Path],
+    tokenizer,
+    style: str,
+    prompts: dict[str, str] | None,
+    system_prompt: str | None,
+) -> dict[str, dict]:
+    stats = {}
+    for split, src in split_files.items():
+        s = format_split(read_jsonl(src), out_files[split], tokenizer, style, prompts, system_prompt)
+        stats[split] = s.as_dict()
+        log.info(
+            "%s: %d samples, %d tokens (mean %.0f, max %d), all ending at %r",
+            split, s.samples, sum(s.tokens), stats[split]["tokens_mean"], stats[split]["tokens_max"],
+            tokenizer.eos_token if style == "chat" else "EOS",
+        )
+    return stats

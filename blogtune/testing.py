@@ -1,0 +1,61 @@
+"""Tiny real models for tests and benchmarks: random weights, a real tokenizer, HF layout.
+
+Every stage (convert, train, fuse, GGUF export, evaluate) runs for real on these in seconds.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from blogtune.base_model import embedded_gguf_path, export_tokenizer
+from blogtune.io_utils import atomic_dir
+
+TINY_DIMS = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+)
+
+
+def smollm2_tokenizer(out_dir: Path) -> Path:
+    """The embedded model's real tokenizer (ChatML template, eos <|im_end|>) as HF files."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "tokenizer.json").is_file():
+        export_tokenizer(embedded_gguf_path(), out_dir)
+    return out_dir
+
+
+def build_tiny_model(
+    out_dir: Path,
+    tokenizer_dir: Path,
+    model_type: str = "llama",
+    seed: int = 0,
+    **overrides,
+) -> Path:
+    """Write a random-weight model of `model_type` sized to the tokenizer, plus its tokenizer files."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    dims = {**TINY_DIMS, **overrides}
+    dims.setdefault("vocab_size", len(tokenizer))
+    dims.setdefault("tie_word_embeddings", True)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        token_id = getattr(tokenizer, name, None)
+        if token_id is not None:
+            dims.setdefault(name, token_id)
+    config = AutoConfig.for_model(model_type, **dims)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for extra in ("chat_template.jinja", "tokenizer.model", "special_tokens_map.json"):
+            src = Path(tokenizer_dir) / extra
+            if src.is_file() and not (tmp / extra).exists():
+                shutil.copy2(src, tmp / extra)
+    return Path(out_dir)

@@ -1,0 +1,62 @@
+# Base model -> MLX model, and split chunks -> training samples in the model's chat format.
+
+
+rule import_base:
+    # Only for the embedded model: its GGUF becomes a normal HF-format folder.
+    input:
+        gguf=ancient(str(MODEL.path)) if MODEL.kind == "embedded" else [],
+    output:
+        model=directory(model_path("base_hf")),
+    log:
+        log_path("import_base"),
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/blogtune.yaml"
+    script:
+        "../scripts/import_base.py"
+
+
+rule convert:
+    input:
+        source=hf_model_input(),
+    output:
+        model=directory(model_path("mlx_base")),
+    params:
+        source=hf_model_source,
+        quantize=config["model"]["quantize"],
+        bits=config["model"]["bits"],
+        group_size=config["model"]["group_size"],
+        dtype=config["model"]["dtype"],
+        trust_remote_code=config["trust_remote_code"],
+    log:
+        log_path("convert"),
+    resources:
+        mem_mb=8000,
+    conda:
+        "../envs/blogtune.yaml"
+    script:
+        "../scripts/convert.py"
+
+
+rule format:
+    input:
+        train=rules.split.output.train,
+        valid=rules.split.output.valid,
+        test=rules.split.output.test,
+        model=rules.convert.output.model,
+    output:
+        train=model_path("data/train.jsonl"),
+        valid=model_path("data/valid.jsonl"),
+        test=model_path("data/test.jsonl"),
+        stats=model_path("data/format_stats.json"),
+    params:
+        style=config["format"]["style"],
+        prompts=config["format"].get("prompts"),
+        system_prompt=config["system_prompt"],
+    log:
+        log_path("format"),
+    conda:
+        "../envs/blogtune.yaml"
+    script:
+        "../scripts/format.py"

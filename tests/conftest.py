@@ -1,0 +1,43 @@
+"""Shared fixtures: the real SmolLM2 tokenizer and tiny random-weight models built from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from blogtune.testing import build_tiny_model, smollm2_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def smollm2_tok_dir(tmp_path_factory) -> Path:
+    return smollm2_tokenizer(tmp_path_factory.mktemp("smollm2_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_obj(smollm2_tok_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_tok_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory, smollm2_tok_dir):
+    """build(model_type="llama", **overrides) -> HF folder; cached per argument set."""
+    cache: dict = {}
+
+    def build(model_type: str = "llama", tokenizer_dir: Path | None = None, **overrides) -> Path:
+        key = (model_type, str(tokenizer_dir), tuple(sorted(overrides.items())))
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"tiny_{model_type}")
+            cache[key] = build_tiny_model(out / "model", tokenizer_dir or smollm2_tok_dir, model_type, **overrides)
+        return cache[key]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_model_factory) -> Path:
+    return tiny_model_factory("llama")
