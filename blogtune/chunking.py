@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import tomllib
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable
@@ -28,6 +27,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 
 import yaml
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: TOML front matter is dropped unparsed
+    tomllib = None
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +126,11 @@ def split_front_matter(text: str) -> tuple[dict, str, list[str]]:
         if not m:
             continue
         source = m.group(1) or ""
+        if kind == "TOML" and tomllib is None:
+            return {}, text[m.end() :], ["TOML front matter needs Python >= 3.11; dropped unparsed"]
         try:
             meta = yaml.safe_load(source) if kind == "YAML" else tomllib.loads(source)
-        except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        except (yaml.YAMLError, ValueError) as exc:  # TOMLDecodeError is a ValueError
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return {}, text, [f"front matter is not valid {kind} ({first}); kept as text"]
         if meta is None:
@@ -325,8 +331,7 @@ class _Doc:
         self.kinds = classify_lines(self.lines)
         self.blank = [not line.strip() for line in self.lines]
         self.levels = [
-            heading_of(line)[0] if k == PROSE else 0
-            for line, k in zip(self.lines, self.kinds, strict=True)
+            heading_of(line)[0] if k == PROSE else 0 for line, k in zip(self.lines, self.kinds, strict=True)
         ]
         self.off = [0]
         self.nonblank = [0]  # prefix count of non-blank lines
@@ -345,6 +350,20 @@ class _Doc:
             k, prev = self.kinds[i], self.kinds[i - 1]
             return k == OPEN or (k == PROSE and (self.blank[i - 1] or prev == CLOSE))
         return True
+
+    def heading_only(self, s: int, e: int) -> bool:
+        """Do the whole lines in [s, e) hold only headings and blank lines?"""
+        i = bisect_right(self.off, s) - 1
+        if self.off[i] != s:
+            return False
+        seen = False
+        while i < len(self.lines) and self.off[i] < e:
+            if not self.blank[i]:
+                if not self.levels[i]:
+                    return False
+                seen = True
+            i += 1
+        return seen
 
     def atoms(self, lo: int, hi: int, level: int) -> list[tuple[int, int]]:
         """Char spans covering lines [lo, hi): whole if they fit, else cut at the strongest
@@ -409,6 +428,18 @@ def _best_cut(text: str, pos: int, end: int, max_chars: int) -> int | None:
     return p
 
 
+def _glue_headings(doc: _Doc, atoms: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Join a heading-only piece to the piece after it (when both fit), so packing never
+    leaves a heading stranded at the end of a chunk, away from its text."""
+    out: list[tuple[int, int]] = []
+    for s, e in reversed(atoms):
+        if out and doc.heading_only(s, e) and out[-1][1] - s <= doc.max_chars:
+            out[-1] = (s, out[-1][1])
+        else:
+            out.append((s, e))
+    return out[::-1]
+
+
 def _heading_paths(doc: _Doc, starts: list[int]) -> list[list[str]]:
     paths = []
     stack: list[tuple[int, str]] = []
@@ -438,7 +469,7 @@ def chunk_article(article_id: str, title: str, text: str, max_chars: int) -> lis
     if not text.strip():
         return []
     doc = _Doc(text, max_chars)
-    atoms = doc.atoms(0, len(doc.lines), 0)
+    atoms = _glue_headings(doc, doc.atoms(0, len(doc.lines), 0))
     spans = []
     cs, ce = atoms[0]
     for s, e in atoms[1:]:

@@ -149,7 +149,9 @@ def select_from_index(
                 continue  # web links and non-posts
             target = unquote(target)
             absolute = os.path.normpath(
-                os.path.join(root_abs, target.lstrip("/")) if target.startswith("/") else os.path.join(base, target)
+                os.path.join(root_abs, target.lstrip("/"))
+                if target.startswith("/")
+                else os.path.join(base, target)
             )
             rel = Path(os.path.relpath(absolute, root_abs)).as_posix()
             if rel in seen:
@@ -301,17 +303,24 @@ def load_articles(
         (rejects if isinstance(result, Reject) else articles).append(result)
 
     if boilerplate_min_fraction and articles:
-        boilerplate = find_boilerplate([a.text for a in articles], boilerplate_min_fraction, boilerplate_min_posts)
+        boilerplate = find_boilerplate(
+            [a.text for a in articles], boilerplate_min_fraction, boilerplate_min_posts
+        )
         if boilerplate:
-            log.info("boilerplate: %d line(s) shared by most posts, removed: %s", len(boilerplate),
-                     "; ".join(line[:60] for line in boilerplate[:5]) + (" ..." if len(boilerplate) > 5 else ""))
+            log.info(
+                "boilerplate: %d line(s) shared by most posts, removed: %s",
+                len(boilerplate),
+                "; ".join(line[:60] for line in boilerplate[:5]) + (" ..." if len(boilerplate) > 5 else ""),
+            )
             kept = []
             for a in articles:
                 a.text = strip_boilerplate(a.text, boilerplate)
                 if a.text.strip():
                     kept.append(a)
                 else:
-                    rejects.append(Reject(a.path, "no text left after removing boilerplate", "boilerplate-only"))
+                    rejects.append(
+                        Reject(a.path, "no text left after removing boilerplate", "boilerplate-only")
+                    )
             articles = kept
 
     articles.sort(key=lambda a: a.article_id)
@@ -323,7 +332,9 @@ def load_articles(
         digest = hashlib.sha256(a.text.encode()).hexdigest()
         near = _near_key(a.text) if near_duplicates else None
         if a.article_id in by_id:
-            rejects.append(Reject(a.path, f"same article id as another post ({a.article_id})", "duplicate-id"))
+            rejects.append(
+                Reject(a.path, f"same article id as another post ({a.article_id})", "duplicate-id")
+            )
         elif digest in by_hash:
             rejects.append(Reject(a.path, f"duplicate of {by_hash[digest]}", "duplicate"))
         elif near is not None and near in by_near:

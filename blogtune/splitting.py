@@ -128,7 +128,14 @@ def split_stats(chunks_by_split: Mapping[str, list[Mapping]]) -> pd.DataFrame:
 
 
 DUPLICATE_COLUMNS = [
-    "split", "article_id", "part", "kept_split", "kept_article_id", "kept_part", "chars", "preview",
+    "split",
+    "article_id",
+    "part",
+    "kept_split",
+    "kept_article_id",
+    "kept_part",
+    "chars",
+    "preview",
 ]
 
 
@@ -155,8 +162,18 @@ def cross_split_duplicates(
             earlier = first_seen.get(key)
             if earlier is not None:
                 ks, kc = earlier
-                rows.append([s, c["article_id"], c.get("part"), ks, kc["article_id"], kc.get("part"),
-                             len(c["text"]), key[:80]])
+                rows.append(
+                    [
+                        s,
+                        c["article_id"],
+                        c.get("part"),
+                        ks,
+                        kc["article_id"],
+                        kc.get("part"),
+                        len(c["text"]),
+                        key[:80],
+                    ]
+                )
                 continue
             seen_here.setdefault(key, c)
             kept[s].append(c)

@@ -59,3 +59,59 @@ def build_tiny_model(
             if src.is_file() and not (tmp / extra).exists():
                 shutil.copy2(src, tmp / extra)
     return Path(out_dir)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def write_config(workdir: Path, overrides: dict) -> Path:
+    """The shipped config.yaml with `overrides` merged in, written to workdir/config.yaml."""
+    import yaml
+
+    base = yaml.safe_load((REPO / "config.yaml").read_text(encoding="utf-8"))
+    path = Path(workdir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(deep_merge(base, overrides), allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def run_snakemake(workdir: Path, *args: str, cores: int = 2, check: bool = True, timeout: float | None = None):
+    """Run this repo's workflow in `workdir` (which holds config.yaml); returns CompletedProcess."""
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+        "--configfile", str(Path(workdir) / "config.yaml"), "--cores", str(cores), *args,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc
+
+
+def dry_run_reasons(workdir: Path, *targets: str) -> dict[str, str]:
+    """{rule: reason} that `snakemake -n` would run; empty when nothing is to be done."""
+    proc = run_snakemake(workdir, "-n", *targets)
+    reasons: dict[str, str] = {}
+    rule = None
+    for line in (proc.stdout + proc.stderr).splitlines():
+        line = line.strip()
+        if line.startswith("rule ") and line.endswith(":"):
+            rule = line[5:-1]
+        elif line.startswith("localrule ") and line.endswith(":"):
+            rule = line[10:-1]
+        elif line.startswith("reason:") and rule:
+            reasons[rule] = line[len("reason:"):].strip()
+            rule = None
+    return reasons
