@@ -183,20 +183,28 @@ def normalize_blank_lines(text: str) -> str:
 
 
 def _take_title(meta: dict, body: str, fallback: str) -> tuple[str, str]:
-    """Title from front matter, else the first ``# `` heading, else `fallback`; the first H1
+    """Title from front matter, else the first ``# `` heading, else a heading of any level
+    that opens the post (many blogs start with "## Title"), else `fallback`. That heading
     line is dropped from the body when it repeats the title (the title lives in metadata)."""
     title = _norm(str(meta.get("title") or ""))
     lines = split_lines(body)
-    for i, (line, kind) in enumerate(zip(lines, classify_lines(lines), strict=True)):
-        if kind != PROSE:
-            continue
-        level, text = heading_of(line)
-        if level == 1:
-            if not title:
-                title = _norm(text)
-            if title and _norm(text) == title:
-                body = "".join(lines[:i] + lines[i + 1 :])
-            break
+    kinds = classify_lines(lines)
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    h1 = next((i for i, k in enumerate(kinds) if k == PROSE and heading_of(lines[i])[0] == 1), None)
+    pick = h1
+    if (
+        pick is None
+        and not title
+        and first is not None
+        and kinds[first] == PROSE
+        and heading_of(lines[first])[0]
+    ):
+        pick = first
+    if pick is not None:
+        text = _norm(heading_of(lines[pick])[1])
+        title = title or text
+        if text and text == title:
+            body = "".join(lines[:pick] + lines[pick + 1 :])
     return title or fallback, body
 
 

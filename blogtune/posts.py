@@ -133,7 +133,10 @@ def select_from_index(
     start = 0
     if marker:
         marker = marker.strip()
-        hit = next((i for i, line in enumerate(lines) if marker in line), None)
+        # A line that is the marker wins over an earlier one that merely mentions it.
+        hit = next((i for i, line in enumerate(lines) if line.strip() == marker), None)
+        if hit is None:
+            hit = next((i for i, line in enumerate(lines) if marker in line), None)
         if hit is None:
             raise ValueError(f"index file {index_path}: marker {marker!r} not found")
         start = hit + 1

@@ -69,6 +69,8 @@ def select_posts(blog: dict, blog_dir: Path) -> tuple[list[Path], list[str]]:
             raise PreflightError(f"blog.index: {err}") from None
         for missing in sel.missing:
             log.warning("index lists %s but the file is missing; skipped", missing)
+        for outside in getattr(sel, "outside", []):
+            log.warning("index links to %s, outside the blog folder; skipped", outside)
         return sel.posts, list(sel.missing)
     return discover_posts(blog_dir, blog.get("pattern", "**/*.md"), blog.get("exclude", [])), []
 

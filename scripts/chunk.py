@@ -4,8 +4,7 @@ Run by Snakemake (`script:`), or by hand for debugging:
     python scripts/chunk.py --blog-dir sample_blog --out-dir /tmp/chunk
 """
 
-from __future__ import annotations
-
+# No `from __future__` here: Snakemake prepends its preamble to script files.
 import argparse
 import logging
 import sys

@@ -137,9 +137,16 @@ def test_front_matter_without_title_uses_first_h1():
     assert post.text == "Intro\n\nText\n"
 
 
-def test_title_falls_back_to_stem_and_keeps_other_h1():
-    post = clean_markdown("## Section\n\ntext\n", "20241210_01")
-    assert post.title == "20241210_01"
+def test_title_falls_back_to_leading_heading_then_stem():
+    post = clean_markdown("## PostgreSQL 膨胀\n\n### 背景\n\ntext\n", "20241210_01")
+    assert post.title == "PostgreSQL 膨胀" and post.text == "### 背景\n\ntext\n"
+    post = clean_markdown("Intro\n\n## Section\n\ntext\n", "20241210_01")
+    assert post.title == "20241210_01" and post.text.startswith("Intro")
+    post = clean_markdown("## Lead\n\n# Real\n\ntext\n", "s")
+    assert post.title == "Real" and post.text == "## Lead\n\ntext\n"
+
+
+def test_front_matter_title_keeps_a_different_h1():
     post = clean_markdown("---\ntitle: Meta\n---\n# Different\n\ntext\n", "s")
     assert post.title == "Meta"
     assert post.text.startswith("# Different\n")

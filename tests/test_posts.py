@@ -90,7 +90,7 @@ def test_discover_is_fast_for_thousands_of_posts(tmp_path: Path):
 # ---------------------------------------------------------------------------- index
 INDEX = """# My blog
 
-Intro with a [link](202412/20241210_01.md) before the marker: ignored.
+Intro with a [link](202412/20241210_01.md) before the marker: ignored. See ### 文章列表 below.
 
 ### 文章列表
 
