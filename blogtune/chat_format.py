@@ -138,20 +138,34 @@ class ChatFamily:
         branches = []
         if not sys_in_user:
             branches.append(
-                ('eq .Role "system"', lit(self.prefix["system"] + self.system_preamble) + "{{ .Content }}" + lit(self.suffix["system"]))
+                (
+                    'eq .Role "system"',
+                    lit(self.prefix["system"] + self.system_preamble)
+                    + "{{ .Content }}"
+                    + lit(self.suffix["system"]),
+                )
             )
         user_body = lit(self.prefix["user"])
         if self.system_mode == "first_user":
             user_body += (
-                "{{ if and $.System (not $merged) }}{{ $.System }}" + lit(self.system_joiner) + "{{ end }}{{ $merged = true }}"
+                "{{ if and $.System (not $merged) }}{{ $.System }}"
+                + lit(self.system_joiner)
+                + "{{ end }}{{ $merged = true }}"
             )
         elif self.system_mode == "last_user":
             user_body += (
-                "{{ if and $.System (eq (len (slice $.Messages $i)) 1) }}{{ $.System }}" + lit(self.system_joiner) + "{{ end }}"
+                "{{ if and $.System (eq (len (slice $.Messages $i)) 1) }}{{ $.System }}"
+                + lit(self.system_joiner)
+                + "{{ end }}"
             )
         user_body += "{{ .Content }}" + lit(self.suffix["user"])
         branches.append(('eq .Role "user"', user_body))
-        branches.append(('eq .Role "assistant"', lit(self.prefix["assistant"]) + "{{ .Content }}" + lit(self.suffix["assistant"])))
+        branches.append(
+            (
+                'eq .Role "assistant"',
+                lit(self.prefix["assistant"]) + "{{ .Content }}" + lit(self.suffix["assistant"]),
+            )
+        )
         for n, (cond, body) in enumerate(branches):
             parts.append(("{{ if " if n == 0 else "{{ else if ") + cond + " }}" + body)
         parts.append("{{ end }}{{ end }}")
@@ -279,7 +293,9 @@ def _stops(base: Sequence[str], tokenizer: Any, extra_eos_ids: Sequence[int]) ->
 
 
 def _apply(tokenizer: Any, messages: list[Message], add_generation_prompt: bool, **kw: Any) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kw)
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kw
+    )
 
 
 def _between(text: str, start: str, end: str) -> str | None:
@@ -296,10 +312,13 @@ def _probe(base: ChatFamily, tokenizer: Any) -> ChatFamily:
     user_only = _apply(tokenizer, [{"role": "user", "content": _PROBE_U}], False)
     # BOS text the template writes itself
     bos = getattr(tokenizer, "bos_token", None) or ""
-    if bos and user_only.startswith(bos):
+    # (SmolLM2's bos_token is <|im_start|>, which also starts every turn: check what follows it)
+    if bos and any(user_only.startswith(bos + fam.prefix[r]) for r in ("system", "user")):
         fam = replace(fam, bos=bos)
     if fam.system_mode == "turn":
-        sys_user = _apply(tokenizer, [{"role": "system", "content": _PROBE_S}, {"role": "user", "content": _PROBE_U}], False)
+        sys_user = _apply(
+            tokenizer, [{"role": "system", "content": _PROBE_S}, {"role": "user", "content": _PROBE_U}], False
+        )
         content = _between(sys_user, fam.prefix["system"], fam.suffix["system"])
         if content is not None and content.endswith(_PROBE_S):
             fam = replace(fam, system_preamble=content[: -len(_PROBE_S)])
@@ -308,9 +327,16 @@ def _probe(base: ChatFamily, tokenizer: Any) -> ChatFamily:
             if default == fam.system_preamble:
                 fam = replace(fam, system_always=True)
             else:
-                fam = replace(fam, default_system=default[len(fam.system_preamble):] if default.startswith(fam.system_preamble) else default)
+                fam = replace(
+                    fam,
+                    default_system=default[len(fam.system_preamble) :]
+                    if default.startswith(fam.system_preamble)
+                    else default,
+                )
     # Qwen3: the answer to the last user turn carries an (empty) think block
-    with_answer = _apply(tokenizer, [{"role": "user", "content": _PROBE_U}, {"role": "assistant", "content": _PROBE_A}], False)
+    with_answer = _apply(
+        tokenizer, [{"role": "user", "content": _PROBE_U}, {"role": "assistant", "content": _PROBE_A}], False
+    )
     header = fam.prefix["assistant"]
     answer = _between(with_answer, header, _PROBE_A)
     if answer and answer.strip().startswith("<think>"):
@@ -385,10 +411,14 @@ def detect_family(
                 raise
             log.warning("chat template not reproduced exactly; using the supplied Ollama template override")
     else:
-        log.warning("tokenizer has no chat template; using the standard %s layout from its special tokens", name)
+        log.warning(
+            "tokenizer has no chat template; using the standard %s layout from its special tokens", name
+        )
         bos = (getattr(tokenizer, "bos_token", None) or "") if name in ("llama3", "gemma", "mistral") else ""
         family = replace(base, bos=bos)
-    family = replace(family, stops=_stops(base.stops, tokenizer, extra_eos_ids), template_override=template_override)
+    family = replace(
+        family, stops=_stops(base.stops, tokenizer, extra_eos_ids), template_override=template_override
+    )
     return family
 
 
@@ -400,9 +430,14 @@ def _custom(tokenizer: Any, extra_eos_ids: Sequence[int], override: str, templat
 
     empty = {r: "" for r in ROLES}
     return ChatFamily(
-        "custom", prefix=empty, suffix=empty, generation_prompt="",
-        stops=_stops((), tokenizer, extra_eos_ids), eos=getattr(tokenizer, "eos_token", "") or "",
-        template_override=override, fallback_render=render,
+        "custom",
+        prefix=empty,
+        suffix=empty,
+        generation_prompt="",
+        stops=_stops((), tokenizer, extra_eos_ids),
+        eos=getattr(tokenizer, "eos_token", "") or "",
+        template_override=override,
+        fallback_render=render,
     )
 
 

@@ -167,7 +167,12 @@ class Progress:
         eta = (self.total - done) / rate if rate > 0 else float("nan")
         log.info(
             "%s: %d/%d samples (%d%%), %.1f samples/s, ETA %s",
-            self.label, done, self.total, 100 * done // max(self.total, 1), rate, _fmt_seconds(eta),
+            self.label,
+            done,
+            self.total,
+            100 * done // max(self.total, 1),
+            rate,
+            _fmt_seconds(eta),
         )
 
 
@@ -187,6 +192,8 @@ def encode_samples(samples: Sequence[dict], tokenizer, mask_prompt: bool) -> lis
         return []
     from mlx_lm.tuner.datasets import create_dataset
 
+    if mask_prompt and not any(k in samples[0] for k in ("messages", "prompt")):
+        mask_prompt = False  # plain text: mlx-lm cannot mask it, so training scored every token too
     dataset = create_dataset(list(samples), tokenizer, types.SimpleNamespace(mask_prompt=mask_prompt))
     return [tuple(dataset.process(dataset[i])) for i in range(len(dataset))]
 
@@ -366,25 +373,31 @@ def heldout_prompts(test_samples: Sequence[dict], n: int) -> list[Prompt]:
     out = []
     for i in picked[:n]:
         s = test_samples[i]
-        meta = dict(
-            article_id=str(s.get("article_id", "")), title=s.get("title"), heading=s.get("heading")
-        )
+        meta = dict(article_id=str(s.get("article_id", "")), title=s.get("title"), heading=s.get("heading"))
         if "messages" in s:
             messages = [m for m in s["messages"] if m.get("role") != "assistant"]
             reference = next((m["content"] for m in s["messages"] if m.get("role") == "assistant"), None)
             user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
-            out.append(Prompt(f"heldout-{len(out) + 1}", "heldout", user, messages=messages,
-                              reference=reference, **meta))
-        else:  # plain text: continue from the first line (title/heading line)
-            first, _, rest = str(s.get("text", "")).partition("\n")
-            out.append(Prompt(f"heldout-{len(out) + 1}", "heldout", first, text=first + "\n",
-                              reference=rest, **meta))
+            out.append(
+                Prompt(
+                    f"heldout-{len(out) + 1}", "heldout", user, messages=messages, reference=reference, **meta
+                )
+            )
+        else:  # plain text ("# title\n\nbody"): continue from the title line
+            first, _, rest = str(s.get("text", "")).partition("\n\n")
+            out.append(
+                Prompt(
+                    f"heldout-{len(out) + 1}", "heldout", first, text=first + "\n\n", reference=rest, **meta
+                )
+            )
     return out
 
 
 def prompt_tokens(tokenizer, prompt: Prompt) -> list[int]:
     if prompt.messages is not None:
-        return list(tokenizer.apply_chat_template(prompt.messages, add_generation_prompt=True, return_dict=False))
+        return list(
+            tokenizer.apply_chat_template(prompt.messages, add_generation_prompt=True, return_dict=False)
+        )
     return list(tokenizer.encode(prompt.text))
 
 
@@ -408,7 +421,9 @@ def generate_answer(
     sampler = make_sampler(temp=temperature, top_p=top_p if top_p < 1.0 else 0.0)
     start = time.perf_counter()
     text, generated, finish, stop = [], [], "length", None
-    for r in stream_generate(model, tokenizer, mx.array(list(tokens)), max_tokens=max_tokens, sampler=sampler):
+    for r in stream_generate(
+        model, tokenizer, mx.array(list(tokens)), max_tokens=max_tokens, sampler=sampler
+    ):
         text.append(r.text)
         if r.finish_reason is None:
             generated.append(r.token)
@@ -429,17 +444,30 @@ def generate_answer(
     )
 
 
-def generate_all(model, tokenizer, prompts: Sequence[Prompt], settings: EvalSettings, label: str) -> list[Answer]:
+def generate_all(
+    model, tokenizer, prompts: Sequence[Prompt], settings: EvalSettings, label: str
+) -> list[Answer]:
     specials = template_token_texts(tokenizer)
     answers = []
     for i, prompt in enumerate(prompts):
         answer = generate_answer(
-            model, tokenizer, prompt_tokens(tokenizer, prompt), settings.max_tokens,
-            settings.temperature, settings.top_p, settings.seed + i, specials,
+            model,
+            tokenizer,
+            prompt_tokens(tokenizer, prompt),
+            settings.max_tokens,
+            settings.temperature,
+            settings.top_p,
+            settings.seed + i,
+            specials,
         )
         log.info(
-            "%s generation %d/%d (%s): %d tokens, %s%s", label, i + 1, len(prompts), prompt.prompt_id,
-            answer.tokens, "hit the token limit" if answer.hit_limit else f"stopped on {answer.stop_token}",
+            "%s generation %d/%d (%s): %d tokens, %s%s",
+            label,
+            i + 1,
+            len(prompts),
+            prompt.prompt_id,
+            answer.tokens,
+            "hit the token limit" if answer.hit_limit else f"stopped on {answer.stop_token}",
             f", template tokens {answer.template_tokens}" if answer.template_tokens else "",
         )
         answers.append(answer)
@@ -474,6 +502,8 @@ def evaluate_model_pair(
     from mlx_lm import load
     from mlx_lm.tuner.utils import load_adapters
 
+    from blogtune.training import rope_overrides
+
     started = time.time()
     data = {name: _load_split(split_files.get(name)) for name in ("train", "valid", "test")}
     chosen = set(pick_train_articles(data["train"], settings.train_sample_articles, settings.seed))
@@ -485,10 +515,12 @@ def evaluate_model_pair(
     }
 
     log.info("loading base model %s", model_dir)
-    model, tokenizer = load(str(model_dir))
+    model, tokenizer = load(str(model_dir), model_config=rope_overrides(model_dir))
     chat = any("messages" in s for split in data.values() for s in split[:1])
     system = system_message(data["test"] or data["valid"] or data["train"])
-    prompts = config_prompts(settings.prompts, system, chat) + heldout_prompts(data["test"], settings.heldout_prompts)
+    prompts = config_prompts(settings.prompts, system, chat) + heldout_prompts(
+        data["test"], settings.heldout_prompts
+    )
     data_stats = {
         name: token_stats(samples, tokenizer, settings.mask_prompt, settings.max_seq_length)
         for name, samples in data.items()
@@ -596,4 +628,3 @@ def generation_rows(prompts: Sequence[Prompt], answers: dict[str, list[Answer]])
             row[which] = {**asdict(a), "hit_limit": a.hit_limit}
         rows.append(row)
     return rows
-

@@ -74,6 +74,7 @@ def convert_to_mlx(source: str | Path, out_dir: Path, plan: ConvertPlan, trust_r
         for item in target.iterdir():
             item.rename(tmp / item.name)
         target.rmdir()
+        lift_rope_parameters(tmp / "config.json")
         (tmp / "blogtune_convert.json").write_text(
             json.dumps({"source": str(source), **plan.__dict__}, indent=2) + "\n", encoding="utf-8"
         )
@@ -82,3 +83,29 @@ def convert_to_mlx(source: str | Path, out_dir: Path, plan: ConvertPlan, trust_r
 
 def read_model_config(model_dir: Path) -> dict:
     return json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+
+
+def mlx_rope_keys(cfg: dict) -> dict:
+    """Top-level rope keys mlx-lm needs but a transformers-5 config keeps in `rope_parameters`.
+
+    mlx-lm's llama-family ModelArgs read only `rope_theta`/`rope_scaling` and silently fall back
+    to rope_theta=10000 (SmolLM2 needs 100000): training, evaluation and `mlx_lm.generate` would
+    all run a different model than the checkpoint. Returns {} when nothing is missing.
+    """
+    rope = cfg.get("rope_parameters")
+    if "rope_theta" in cfg or not isinstance(rope, dict) or "rope_theta" not in rope:
+        return {}
+    out = {"rope_theta": float(rope["rope_theta"])}
+    if rope.get("rope_type") not in (None, "default") and "rope_scaling" not in cfg:
+        out["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    return out
+
+
+def lift_rope_parameters(config_path: Path) -> dict:
+    """Write the keys of `mlx_rope_keys` into config.json (kept beside `rope_parameters`)."""
+    cfg = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    extra = mlx_rope_keys(cfg)
+    if extra:
+        log.info("config.json: adding top-level %s for mlx-lm", ", ".join(f"{k}={v}" for k, v in extra.items()))
+        Path(config_path).write_text(json.dumps({**cfg, **extra}, indent=4) + "\n", encoding="utf-8")
+    return extra

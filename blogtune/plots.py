@@ -22,9 +22,18 @@ from blogtune.io_utils import atomic_open  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-LOSS_COLUMNS = ("step", "split", "loss", "learning_rate", "tokens_per_second", "trained_tokens",
-                "peak_memory_gb", "elapsed_s")
+LOSS_COLUMNS = (
+    "step",
+    "split",
+    "loss",
+    "learning_rate",
+    "tokens_per_second",
+    "trained_tokens",
+    "peak_memory_gb",
+    "elapsed_s",
+)
 SPLIT_COLORS = {"test": "tab:red", "valid": "tab:orange", "train_sample": "tab:blue", "train": "tab:blue"}
+SPLIT_NAMES = {"test": "test (held out)", "valid": "validation", "train_sample": "training sample"}
 
 
 def read_loss_csv(path: str | os.PathLike) -> pd.DataFrame:
@@ -67,8 +76,15 @@ def plot_loss(loss: pd.DataFrame, path: str | os.PathLike) -> Path:
             ax.plot(valid["step"], valid["loss"], "o-", label="validation", color="tab:orange", ms=4)
             base = valid[valid["step"] == 0]
             if not base.empty:
-                ax.scatter(base["step"], base["loss"], s=80, marker="*", color="black", zorder=3,
-                           label="base model (step 0)")
+                ax.scatter(
+                    base["step"],
+                    base["loss"],
+                    s=80,
+                    marker="*",
+                    color="black",
+                    zorder=3,
+                    label="base model (step 0)",
+                )
         ax.set_xlabel("step")
         ax.set_ylabel("loss (mean token NLL)")
         ax.grid(alpha=0.3)
@@ -112,8 +128,9 @@ def plot_throughput(loss: pd.DataFrame, path: str | os.PathLike) -> Path:
     return _save(fig, path)
 
 
-def plot_chunk_lengths(lengths: Sequence[int], path: str | os.PathLike, unit: str = "characters",
-                       limit: int | None = None) -> Path:
+def plot_chunk_lengths(
+    lengths: Sequence[int], path: str | os.PathLike, unit: str = "characters", limit: int | None = None
+) -> Path:
     """Histogram of chunk sizes; `limit` (e.g. chunk.max_chars) is drawn as a dashed line."""
     fig, ax = plt.subplots(figsize=(7, 3.5))
     values = np.asarray(list(lengths), dtype=float)
@@ -135,13 +152,23 @@ def plot_chunk_lengths(lengths: Sequence[int], path: str | os.PathLike, unit: st
 def plot_article_perplexity(per_article: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Base vs fine-tuned perplexity per article; points under the diagonal improved."""
     fig, ax = plt.subplots(figsize=(6, 6))
-    df = per_article.dropna(subset=["base_perplexity", "finetuned_perplexity"]) if len(per_article) else per_article
+    df = (
+        per_article.dropna(subset=["base_perplexity", "finetuned_perplexity"])
+        if len(per_article)
+        else per_article
+    )
     if df is None or len(df) == 0:
         _empty(ax, "no articles evaluated")
     else:
         for split, rows in df.groupby("split", sort=False):
-            ax.scatter(rows["base_perplexity"], rows["finetuned_perplexity"], s=30, alpha=0.8,
-                       color=SPLIT_COLORS.get(str(split), "tab:gray"), label=f"{split} ({len(rows)})")
+            ax.scatter(
+                rows["base_perplexity"],
+                rows["finetuned_perplexity"],
+                s=30,
+                alpha=0.8,
+                color=SPLIT_COLORS.get(str(split), "tab:gray"),
+                label=f"{SPLIT_NAMES.get(str(split), split)} ({len(rows)})",
+            )
         lo = float(min(df["base_perplexity"].min(), df["finetuned_perplexity"].min()))
         hi = float(max(df["base_perplexity"].max(), df["finetuned_perplexity"].max()))
         lo, hi = lo / 1.2, hi * 1.2

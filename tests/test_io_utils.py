@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from blogtune.io_utils import atomic_dir, atomic_open, atomic_write_jsonl, read_jsonl
+from blogtune.io_utils import atomic_dir, atomic_open, atomic_path, atomic_write_jsonl, read_jsonl
 
 
 def test_atomic_open_keeps_old_file_on_error(tmp_path):
@@ -25,6 +25,14 @@ def test_atomic_outputs_have_normal_permissions(tmp_path):
     with atomic_dir(tmp_path / "d") as d:
         (d / "f").write_text("x")
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) & 0o055
+    with atomic_path(tmp_path / "m.gguf") as p:
+        p.write_bytes(b"GGUF")
+    assert stat.S_IMODE((tmp_path / "m.gguf").stat().st_mode) & 0o044
+    with pytest.raises(OSError):
+        with atomic_path(tmp_path / "m.gguf") as p:
+            p.write_bytes(b"half")
+            raise OSError("disk full")
+    assert (tmp_path / "m.gguf").read_bytes() == b"GGUF" and not list(tmp_path.glob(".m.gguf*"))
 
 
 def test_atomic_dir_replaces_only_on_success(tmp_path):

@@ -60,7 +60,8 @@ def built(tmp_path_factory, tiny_model_factory):
     overrides = {"blog": {"dir": str(blog)}, "base_model": str(model), "train": TINY_TRAIN, "evaluate": TINY_EVAL}
     write_config(work, overrides)
     run_snakemake(work, "fuse")
-    return {"blog": blog, "work": work, "overrides": overrides, "model": model}
+    (slug,) = model_dirs(work)
+    return {"blog": blog, "work": work, "overrides": overrides, "model": model, "slug": slug}
 
 
 def model_dirs(work: Path) -> list[str]:
@@ -138,8 +139,7 @@ def test_another_base_model_lives_beside_the_first(built, tiny_model_factory):
 def test_default_target_exports_gguf_modelfile_and_evaluation(built):
     work = built["work"]
     run_snakemake(work)
-    (slug, *_) = [s for s in model_dirs(work)]
-    gguf_dir = work / "results" / slug / "gguf"
+    gguf_dir = work / "results" / built["slug"] / "gguf"
     assert any(gguf_dir.glob("*.gguf")) and (gguf_dir / "Modelfile").is_file()
     assert 'PARAMETER stop "<|im_end|>"' in (gguf_dir / "Modelfile").read_text()
     # Export settings do not touch training or evaluation.

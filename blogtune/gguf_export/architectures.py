@@ -31,7 +31,12 @@ class UnsupportedArchitectureError(ExportError):
 # Tensors that exist in HF checkpoints but have no place in a GGUF file.
 _IGNORED = re.compile(r"(rotary_emb\.inv_freq|attention\.masked_bias|attention\.bias)$")
 # Multimodal wrappers (Gemma 3 4B+): only the text tower is exported.
-_SKIPPED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+_SKIPPED_PREFIXES = (
+    "vision_tower.",
+    "multi_modal_projector.",
+    "model.vision_tower.",
+    "model.multi_modal_projector.",
+)
 _TEXT_PREFIXES = ("language_model.model.", "model.language_model.", "language_model.")
 
 
@@ -134,7 +139,10 @@ def _llama_hparams(config: dict, w: gguf.GGUFWriter) -> None:
     w.add_rope_dimension_count(head_dim(config))
     w.add_vocab_size(int(config["vocab_size"]))
     # Mistral-Nemo style head_dim != hidden/heads needs explicit lengths
-    if config.get("head_dim") and int(config["head_dim"]) != config["hidden_size"] // config["num_attention_heads"]:
+    if (
+        config.get("head_dim")
+        and int(config["head_dim"]) != config["hidden_size"] // config["num_attention_heads"]
+    ):
         _head_lengths(config, w)
 
 
@@ -172,7 +180,10 @@ def _gemma3_hparams(config: dict, w: gguf.GGUFWriter) -> None:
     if local is not None:
         w.add_rope_freq_base_swa(float(local))
     _rope_scaling(config, w)
-    if config.get("sliding_window") and config.get("sliding_window_pattern", config.get("_sliding_window_pattern")) != 1:
+    if (
+        config.get("sliding_window")
+        and config.get("sliding_window_pattern", config.get("_sliding_window_pattern")) != 1
+    ):
         w.add_sliding_window(int(config["sliding_window"]))
     if config.get("final_logit_softcapping") is not None:
         w.add_final_logit_softcapping(float(config["final_logit_softcapping"]))
@@ -262,7 +273,7 @@ def strip_text_prefix(hf_name: str) -> str | None:
         return None
     for prefix in _TEXT_PREFIXES:
         if hf_name.startswith(prefix):
-            rest = hf_name[len(prefix):]
+            rest = hf_name[len(prefix) :]
             return rest if rest.startswith("lm_head") else f"model.{rest}"
     return hf_name
 
@@ -335,7 +346,10 @@ def _generated_tensors(spec: ArchSpec, config: dict) -> list[TensorPlan]:
         freqs = llama3_rope_factors(config)
         out.append(TensorPlan("rope_freqs.weight", None, freqs.shape, generated=freqs))
     if spec.name == "phi3" and rope["rope_type"] == "longrope":
-        for key, name in (("long_factor", "rope_factors_long.weight"), ("short_factor", "rope_factors_short.weight")):
+        for key, name in (
+            ("long_factor", "rope_factors_long.weight"),
+            ("short_factor", "rope_factors_short.weight"),
+        ):
             arr = np.asarray(rope[key], dtype=np.float32)
             out.append(TensorPlan(name, None, arr.shape, generated=arr))
     return out
@@ -375,11 +389,19 @@ def permute_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
     return weight.reshape(n_heads, 2, half, *rest).swapaxes(1, 2).reshape(weight.shape)
 
 
-def apply_transform(plan: TensorPlan, data: np.ndarray, config: dict) -> np.ndarray:
+def rows_per_head(plan: TensorPlan, config: dict) -> int:
+    """Rows of one attention head in a permuted q/k tensor (chunks must hold whole heads)."""
     if plan.transform == "permute_q":
-        return permute_rows(data, int(config["num_attention_heads"]))
+        return plan.shape[0] // int(config["num_attention_heads"])
     if plan.transform == "permute_k":
-        return permute_rows(data, int(config.get("num_key_value_heads") or config["num_attention_heads"]))
+        return plan.shape[0] // int(config.get("num_key_value_heads") or config["num_attention_heads"])
+    return 1
+
+
+def apply_transform(plan: TensorPlan, data: np.ndarray, config: dict) -> np.ndarray:
+    """Transform a block of whole rows (the full tensor or a chunk of whole heads)."""
+    if plan.transform in ("permute_q", "permute_k"):
+        return permute_rows(data, data.shape[0] // rows_per_head(plan, config))
     if plan.transform == "plus_one":
         return data + np.float32(1.0)
     return data

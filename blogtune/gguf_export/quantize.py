@@ -34,7 +34,13 @@ FILE_TYPES: dict[str, gguf.LlamaFileType] = {
     "q5_0": gguf.LlamaFileType.MOSTLY_Q5_0,
     "q5_1": gguf.LlamaFileType.MOSTLY_Q5_1,
 }
-_KEEP_F32_SUFFIXES = ("_norm.weight", ".bias", "rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+_KEEP_F32_SUFFIXES = (
+    "_norm.weight",
+    ".bias",
+    "rope_freqs.weight",
+    "rope_factors_long.weight",
+    "rope_factors_short.weight",
+)
 _QUANTIZED = {Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1}
 _LOW_BIT = {Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1}
 _EMBEDDINGS = ("token_embd.weight", "output.weight")
@@ -45,7 +51,9 @@ def parse_outtype(outtype: str) -> Q:
     try:
         return OUTTYPES[outtype.lower()]
     except KeyError:
-        raise ValueError(f"outtype {outtype!r} is not supported; choose one of {', '.join(OUTTYPES)}") from None
+        raise ValueError(
+            f"outtype {outtype!r} is not supported; choose one of {', '.join(OUTTYPES)}"
+        ) from None
 
 
 def tensor_type(gguf_name: str, shape: Sequence[int], outtype: str) -> Q:
@@ -64,7 +72,9 @@ def tensor_type(gguf_name: str, shape: Sequence[int], outtype: str) -> Q:
 
 def nbytes(shape: Sequence[int], qtype: Q) -> int:
     """Bytes the tensor takes in the file, before alignment padding."""
-    byte_shape = gguf.quant_shape_to_byte_shape(tuple(shape), qtype) if qtype in _QUANTIZED | {Q.BF16} else None
+    byte_shape = (
+        gguf.quant_shape_to_byte_shape(tuple(shape), qtype) if qtype in _QUANTIZED | {Q.BF16} else None
+    )
     if byte_shape is not None:
         return int(np.prod(byte_shape, dtype=np.int64))
     itemsize = {Q.F32: 4, Q.F16: 2}[qtype]

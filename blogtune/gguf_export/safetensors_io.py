@@ -41,22 +41,27 @@ class TensorRef:
     offset: int  # absolute byte offset of the data in the file
     nbytes: int
 
-    def load_f32(self) -> np.ndarray:
-        """The tensor as a fresh float32 array (the only copy this function makes)."""
+    def load_f32(self, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """Rows [start:stop) (all by default) as a fresh float32 array, read through a memory map."""
         if self.dtype not in _ITEMSIZE:
             raise ValueError(f"{self.name}: unsupported safetensors dtype {self.dtype}")
-        count = int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        rows = self.shape[0] if self.shape else 1
+        start, stop = start or 0, rows if stop is None else stop
+        row_count = int(np.prod(self.shape[1:], dtype=np.int64)) if len(self.shape) > 1 else 1
+        count = (stop - start) * row_count
+        shape = (stop - start, *self.shape[1:]) if self.shape else ()
         if count == 0:
-            return np.zeros(self.shape, dtype=np.float32)
+            return np.zeros(shape, dtype=np.float32)
+        offset = self.offset + start * row_count * _ITEMSIZE[self.dtype]
         if self.dtype == "BF16":
-            raw = np.memmap(self.file, dtype="<u2", mode="r", offset=self.offset, shape=(count,))
+            raw = np.memmap(self.file, dtype="<u2", mode="r", offset=offset, shape=(count,))
             out = (raw.astype(np.uint32) << 16).view(np.float32)
         else:
             dtype = np.dtype(_NUMPY_DTYPES[self.dtype]).newbyteorder("<")
-            raw = np.memmap(self.file, dtype=dtype, mode="r", offset=self.offset, shape=(count,))
+            raw = np.memmap(self.file, dtype=dtype, mode="r", offset=offset, shape=(count,))
             out = raw.astype(np.float32)
-        del raw
-        return out.reshape(self.shape)
+        del raw  # unmaps: only the float32 copy stays alive
+        return out.reshape(shape)
 
 
 def read_header(path: Path) -> dict:
@@ -104,7 +109,9 @@ def index_model(model_dir: Path) -> dict[str, TensorRef]:
     for path in weight_files(model_dir):
         for ref in index_file(path):
             if ref.name in refs:
-                raise ValueError(f"tensor {ref.name} appears in both {refs[ref.name].file.name} and {path.name}")
+                raise ValueError(
+                    f"tensor {ref.name} appears in both {refs[ref.name].file.name} and {path.name}"
+                )
             refs[ref.name] = ref
     return refs
 

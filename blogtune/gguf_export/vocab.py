@@ -86,7 +86,9 @@ def family_pre(model_type: str, n_tokens: int) -> str | None:
     return None
 
 
-def detect_pre(tokenizer: Any, model_type: str, n_tokens: int, override: str | None = None) -> tuple[str, str]:
+def detect_pre(
+    tokenizer: Any, model_type: str, n_tokens: int, override: str | None = None
+) -> tuple[str, str]:
     """(pre name, how it was found). Raises ExportError when nothing fits and no override is given."""
     if override:
         return override, "override"
@@ -102,7 +104,12 @@ def detect_pre(tokenizer: Any, model_type: str, n_tokens: int, override: str | N
             "\n%s\n** UNKNOWN PRE-TOKENIZER HASH %s\n** falling back to %r from the model family "
             "(model_type=%s, %d tokens).\n** If the tokenizer was changed, generation quality in llama.cpp/Ollama may "
             "degrade;\n** pass pre_tokenizer=... explicitly once you have checked it.\n%s",
-            banner, digest, guess, model_type, n_tokens, banner,
+            banner,
+            digest,
+            guess,
+            model_type,
+            n_tokens,
+            banner,
         )
         return guess, "family"
     raise ExportError(
@@ -178,10 +185,14 @@ def _bpe_tokens(model_dir: Path, n_vocab: int) -> tuple[list[str], list[int]]:
             tokens[tid] = text
     for tid, (content, special) in added_tokens(model_dir).items():
         if tid >= n_vocab:
-            log.warning("added token %r (id %d) is beyond the embedding (%d rows); dropped", content, tid, n_vocab)
+            log.warning(
+                "added token %r (id %d) is beyond the embedding (%d rows); dropped", content, tid, n_vocab
+            )
             continue
         tokens[tid] = content  # added tokens are stored as raw text, not byte-level encoded
-        types[tid] = int(TokenType.CONTROL if special or _LOOKS_SPECIAL.match(content) else TokenType.USER_DEFINED)
+        types[tid] = int(
+            TokenType.CONTROL if special or _LOOKS_SPECIAL.match(content) else TokenType.USER_DEFINED
+        )
     return _fill_unused(tokens, types)
 
 
@@ -273,6 +284,7 @@ def _space_prefix(model_dir: Path, model_type: str) -> bool:
         return False
     tj = _read_json(model_dir / "tokenizer.json")
     if tj:
+
         def walk(node: Any) -> list[dict]:
             if not isinstance(node, dict):
                 return []
@@ -316,6 +328,12 @@ def load_vocab(
         vocab = VocabExport("llama", "default", "sentencepiece", tokens, types, scores=scores)
         vocab.add_space_prefix = _space_prefix(model_dir, model_type)
     vocab.special_ids = dict(special.special_token_ids)
+    # SpecialVocab resolves ids only through tokenizer.json's added_tokens or config.json; a bare
+    # tokenizer.model folder has neither, but the loaded tokenizer knows its specials.
+    for kind in ("bos", "eos", "unk", "pad"):
+        tid = getattr(tokenizer, f"{kind}_token_id", None)
+        if kind not in vocab.special_ids and isinstance(tid, int) and 0 <= tid < n_vocab:
+            vocab.special_ids[kind] = tid
     vocab.add_bos, vocab.add_eos = add_bos, add_eos
     vocab.chat_template = special.chat_template
     if vocab.chat_template is None:
@@ -327,7 +345,9 @@ def load_vocab(
 def _check_special_ids(vocab: VocabExport) -> None:
     for kind, tid in vocab.special_ids.items():
         if not 0 <= tid < len(vocab.tokens):
-            raise ExportError(f"{kind} token id {tid} is outside the vocabulary of {len(vocab.tokens)} tokens")
+            raise ExportError(
+                f"{kind} token id {tid} is outside the vocabulary of {len(vocab.tokens)} tokens"
+            )
     if "eos" not in vocab.special_ids:
         log.warning("the tokenizer names no EOS token; llama.cpp will rely on end-of-generation token texts")
 

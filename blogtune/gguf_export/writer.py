@@ -1,18 +1,16 @@
 """Streaming HF safetensors folder -> GGUF file.
 
 All tensor infos are declared first (their sizes are known from shapes alone), then each tensor is
-read through the memory map, transformed, converted and written before the next one is touched,
-so peak memory is about the largest tensor (a few float32 copies of it), not the model.
+read through the memory map in blocks of whole rows (whole heads for permuted q/k), transformed,
+converted and written before the next block is read. Peak memory is a few copies of one ~16 MB
+block plus the Python/transformers baseline, whatever the model size.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -28,12 +26,14 @@ from blogtune.gguf_export.architectures import (
     TensorPlan,
     apply_transform,
     plan_tensors,
+    rows_per_head,
     spec_for,
     text_config,
 )
 from blogtune.gguf_export.quantize import FILE_TYPES, convert, nbytes, parse_outtype, tensor_type
-from blogtune.gguf_export.safetensors_io import index_model
+from blogtune.gguf_export.safetensors_io import TensorRef, index_model
 from blogtune.gguf_export.vocab import add_to_writer, load_vocab
+from blogtune.io_utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -60,26 +60,6 @@ def load_config(model_dir: Path) -> dict:
     if not path.is_file():
         raise ExportError(f"{model_dir} has no config.json (not an HF-format model folder)")
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temp path beside `path`, renamed over it only if the block succeeds.
-
-    (io_utils.atomic_open hands out a file object; GGUFWriter wants a path to open itself.)
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
@@ -123,25 +103,44 @@ def export_gguf(
     vocab = load_vocab(model_dir, n_vocab, str(config["model_type"]), pre_tokenizer)
     types = [tensor_type(p.gguf_name, p.shape, outtype) for p in plans]
     log.info(
-        "exporting %s (%s, %d tensors) to %s as %s", model_dir.name, spec.name, len(plans), out_path.name, outtype
+        "exporting %s (%s, %d tensors) to %s as %s",
+        model_dir.name,
+        spec.name,
+        len(plans),
+        out_path.name,
+        outtype,
     )
 
-    with _atomic_path(out_path) as tmp:
+    with atomic_path(out_path) as tmp:
         writer = gguf.GGUFWriter(tmp, spec.name)
         try:
             _write_metadata(writer, name or model_dir.name, outtype, types)
             spec.write_hparams(config, writer)
             add_to_writer(vocab, writer)
-            for plan, qtype in zip(plans, types):
+            for plan, qtype in zip(plans, types, strict=True):
                 dtype = np.float16 if qtype == Q.F16 else np.float32
                 raw = None if qtype in (Q.F32, Q.F16) else qtype
-                writer.add_tensor_info(plan.gguf_name, plan.shape, dtype, nbytes(plan.shape, qtype), raw_dtype=raw)
+                writer.add_tensor_info(
+                    plan.gguf_name, plan.shape, dtype, nbytes(plan.shape, qtype), raw_dtype=raw
+                )
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
+            # Tensor data is written here, chunk by chunk, at the offsets write_ti_data_to_file
+            # declared (each tensor padded to the alignment), so no whole tensor is ever held.
+            fout = writer.fout[0]
+            writer.write_padding(fout, fout.tell())
             step = max(1, len(plans) // 10)
-            for i, (plan, qtype) in enumerate(zip(plans, types), 1):
-                writer.write_tensor_data(_tensor_bytes(plan, qtype, refs, config))
+            for i, (plan, qtype) in enumerate(zip(plans, types, strict=True), 1):
+                written = 0
+                for chunk in _converted_chunks(plan, qtype, refs, config):
+                    chunk.tofile(fout)
+                    written += chunk.nbytes
+                if written != nbytes(plan.shape, qtype):
+                    raise ExportError(
+                        f"{plan.gguf_name}: wrote {written} bytes, declared {nbytes(plan.shape, qtype)}"
+                    )
+                writer.write_padding(fout, written)
                 if i % step == 0 or i == len(plans):
                     log.info("  %d/%d tensors written", i, len(plans))
         finally:
@@ -150,10 +149,18 @@ def export_gguf(
 
     seconds = time.perf_counter() - start
     counts = Counter(q.name for q in types)
-    report = ExportReport(spec.name, outtype, len(plans), size, seconds, vocab.pre, vocab.pre_source, out_path, dict(counts))
+    report = ExportReport(
+        spec.name, outtype, len(plans), size, seconds, vocab.pre, vocab.pre_source, out_path, dict(counts)
+    )
     log.info(
         "wrote %s: %.1f MB in %.1f s (%.0f MB/s), pre-tokenizer %s (%s), types %s",
-        out_path, size / 1e6, seconds, report.mb_per_s, vocab.pre, vocab.pre_source, dict(counts),
+        out_path,
+        size / 1e6,
+        seconds,
+        report.mb_per_s,
+        vocab.pre,
+        vocab.pre_source,
+        dict(counts),
     )
     return report
 
@@ -166,12 +173,30 @@ def _write_metadata(writer: gguf.GGUFWriter, name: str, outtype: str, types: lis
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
-def _tensor_bytes(plan: TensorPlan, qtype: Q, refs: dict, config: dict) -> np.ndarray:
-    data = plan.generated if plan.generated is not None else refs[plan.hf_name].load_f32()
-    data = apply_transform(plan, data, config)
-    if not np.isfinite(data).all():
-        raise ExportError(
-            f"tensor {plan.hf_name or plan.gguf_name} contains NaN/Inf values: the fused weights are broken "
-            "(diverged training or a failed fuse); refusing to export"
+CHUNK_VALUES = 1 << 22  # ~16 MB of float32 per chunk
+
+
+def _converted_chunks(plan: TensorPlan, qtype: Q, refs: dict, config: dict) -> Iterator[np.ndarray]:
+    """The tensor's file bytes as a sequence of arrays, each from a block of whole rows."""
+    if plan.generated is not None or len(plan.shape) < 2:
+        blocks: Iterator[np.ndarray] = iter(
+            [plan.generated if plan.generated is not None else refs[plan.hf_name].load_f32()]
         )
-    return convert(data, qtype)
+    else:
+        blocks = _row_blocks(refs[plan.hf_name], rows_per_head(plan, config))
+    for data in blocks:
+        data = apply_transform(plan, data, config)
+        if not np.isfinite(data).all():
+            raise ExportError(
+                f"tensor {plan.hf_name or plan.gguf_name} contains NaN/Inf values: the fused weights are broken "
+                "(diverged training or a failed fuse); refusing to export"
+            )
+        yield convert(data, qtype)
+
+
+def _row_blocks(ref: TensorRef, unit: int) -> Iterator[np.ndarray]:
+    rows = ref.shape[0]
+    row_values = int(np.prod(ref.shape[1:], dtype=np.int64))
+    step = max(unit, (CHUNK_VALUES // max(row_values, 1)) // unit * unit)
+    for start in range(0, rows, step):
+        yield ref.load_f32(start, min(rows, start + step))

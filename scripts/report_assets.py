@@ -1,0 +1,160 @@
+"""Rule report_assets: plots, HTML tables and metrics.json for `snakemake --report`.
+
+Run by Snakemake (`script:`), or by hand for debugging:
+    python scripts/report_assets.py results results/<model> --out-dir /tmp/report
+"""
+
+# No `from __future__` here: Snakemake prepends its preamble to script files.
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Snakemake sets __file__ to this file
+
+import pandas as pd  # noqa: E402
+
+from blogtune import plots  # noqa: E402
+from blogtune import report_pages as pages  # noqa: E402
+from blogtune.io_utils import atomic_write_json, atomic_write_text, read_jsonl  # noqa: E402
+from blogtune.logs import setup_logging, snakemake_log  # noqa: E402
+
+log = logging.getLogger("blogtune.report_assets")
+
+HTML_OUTPUTS = ("before_after", "articles", "generations", "corpus", "split", "artefacts")
+PNG_OUTPUTS = ("loss_plot", "lr_plot", "throughput_plot", "chunk_plot", "perplexity_plot")
+ARTEFACT_NAMES = {
+    "chunks": "Chunks (chunks.jsonl)",
+    "mlx_base": "MLX base model",
+    "adapters": "LoRA adapters",
+    "fused": "Fused model",
+    "gguf": "GGUF file",
+    "modelfile": "Ollama Modelfile",
+}
+
+
+def _read_tsv(path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
+
+
+def _read_json(path) -> dict:
+    p = Path(path)
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+
+
+def main(inputs: dict, outputs: dict, params: dict, log_file=None) -> None:
+    setup_logging(log_file)
+    articles = _read_tsv(inputs["articles"])
+    rejects = _read_tsv(inputs["rejects"])
+    chunk_chars = [len(c.get("text", "")) for c in read_jsonl(inputs["chunks"])]
+    split_stats = _read_tsv(inputs["split_stats"])
+    duplicates = _read_tsv(inputs["duplicates"])
+    loss = plots.read_loss_csv(inputs["loss_csv"])
+    train_summary = _read_json(inputs["train_summary"])
+    eval_metrics = _read_json(inputs["eval_metrics"])
+    per_article = _read_tsv(inputs["per_article"])
+    generations = list(read_jsonl(inputs["generations"]))
+    data_stats = eval_metrics.get("data", {})
+    max_tokens = eval_metrics.get("settings", {}).get("max_tokens")
+
+    plots.plot_loss(loss, outputs["loss_plot"])
+    plots.plot_learning_rate(loss, outputs["lr_plot"])
+    plots.plot_throughput(loss, outputs["throughput_plot"])
+    plots.plot_chunk_lengths(chunk_chars, outputs["chunk_plot"], limit=params.get("max_chars"))
+    plots.plot_article_perplexity(per_article, outputs["perplexity_plot"])
+
+    artefacts = {label: inputs[key] for key, label in ARTEFACT_NAMES.items() if inputs.get(key)}
+    html = {
+        "before_after": pages.before_after_page(eval_metrics),
+        "articles": pages.per_article_page(per_article),
+        "generations": pages.generations_page(generations, max_tokens),
+        "corpus": pages.corpus_page(articles, rejects, chunk_chars, data_stats),
+        "split": pages.split_page(split_stats, duplicates, data_stats),
+        "artefacts": pages.artefacts_page(artefacts),
+    }
+    for key, text in html.items():
+        atomic_write_text(outputs[key], text)
+
+    corpus = {
+        "posts_selected": len(articles),
+        "posts_skipped": len(rejects),
+        "chunks": len(chunk_chars),
+        "characters": int(sum(chunk_chars)),
+        "tokens": {split: s.get("tokens") for split, s in data_stats.items()},
+        "truncated_samples": sum(int(s.get("truncated") or 0) for s in data_stats.values()),
+    }
+    metrics = pages.run_metrics(
+        base_model=str(params.get("base_model")),
+        model_slug=str(params.get("model_slug")),
+        data_hash=str(params.get("data_hash")),
+        config_hash=str(params.get("config_hash")),
+        eval_metrics=eval_metrics,
+        loss=loss,
+        train_summary=train_summary,
+        corpus=corpus,
+    )
+    metrics["artefacts"] = {label: pages.path_size(path) for label, path in artefacts.items()}
+    atomic_write_json(outputs["metrics"], metrics)
+    log.info("report assets: %d HTML pages, %d plots, %s", len(html), len(PNG_OUTPUTS), outputs["metrics"])
+
+
+INPUT_KEYS = (
+    "chunks",
+    "articles",
+    "rejects",
+    "split_stats",
+    "duplicates",
+    "loss_csv",
+    "train_summary",
+    "eval_metrics",
+    "per_article",
+    "generations",
+    *ARTEFACT_NAMES,
+)
+
+if "snakemake" in globals():
+    smk = snakemake  # noqa: F821
+    main(
+        {k: smk.input.get(k) for k in INPUT_KEYS},
+        {k: smk.output[k] for k in (*HTML_OUTPUTS, *PNG_OUTPUTS, "metrics")},
+        dict(smk.params.items()),
+        snakemake_log(smk),
+    )
+elif __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results", type=Path, help="the results/ folder (with data/)")
+    ap.add_argument("model_results", type=Path, help="results/<model> (with train/, eval/, mlx_base/)")
+    ap.add_argument("--out-dir", type=Path, default=Path("report_assets"))
+    ap.add_argument("--max-chars", type=int, default=None)
+    a = ap.parse_args()
+    d, m = a.results / "data", a.model_results
+    main(
+        {
+            "chunks": d / "chunks.jsonl",
+            "articles": d / "articles.tsv",
+            "rejects": d / "rejects.tsv",
+            "split_stats": d / "split/stats.tsv",
+            "duplicates": d / "split/duplicates.tsv",
+            "loss_csv": m / "train/loss.csv",
+            "train_summary": m / "train/summary.json",
+            "eval_metrics": m / "eval/eval_metrics.json",
+            "per_article": m / "eval/per_article.tsv",
+            "generations": m / "eval/generations.jsonl",
+            "mlx_base": m / "mlx_base",
+            "adapters": m / "train/adapters",
+            "fused": m / "fused",
+        },
+        {
+            **{k: a.out_dir / f"{k}.html" for k in HTML_OUTPUTS},
+            **{k: a.out_dir / f"{k.removesuffix('_plot')}.png" for k in PNG_OUTPUTS},
+            "metrics": a.out_dir / "metrics.json",
+        },
+        {
+            "max_chars": a.max_chars,
+            "base_model": "?",
+            "model_slug": m.name,
+            "data_hash": "?",
+            "config_hash": "?",
+        },
+    )
