@@ -85,15 +85,22 @@ def write_config(workdir: Path, overrides: dict) -> Path:
     return path
 
 
-def run_snakemake(workdir: Path, *args: str, cores: int = 2, check: bool = True, timeout: float | None = None):
-    """Run this repo's workflow in `workdir` (which holds config.yaml); returns CompletedProcess."""
+def run_snakemake(
+    workdir: Path, *args: str, cores: int | None = 2, check: bool = True, timeout: float | None = None
+):
+    """Run this repo's workflow in `workdir` (which holds config.yaml); returns CompletedProcess.
+
+    cores=None passes no --cores, as a user typing `snakemake --report report.html` does."""
     import subprocess
     import sys
 
     cmd = [
-        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-        "--configfile", str(Path(workdir) / "config.yaml"), "--cores", str(cores), *args,
+        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args,
+        # Last: --configfile takes several values and would swallow the targets after it.
+        "--configfile", str(Path(workdir) / "config.yaml"),
     ]
+    if cores is not None:
+        cmd += ["--cores", str(cores)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise RuntimeError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")

@@ -88,7 +88,7 @@ class TrainingInterrupted(RuntimeError):
 @dataclass
 class TrainSettings:
     fine_tune_type: str = "lora"  # lora | dora | full
-    num_layers: int = 16  # top transformer blocks that train (-1: all)
+    num_layers: int = -1  # top transformer blocks that train (-1: all)
     rank: int = 16
     scale: float = 20.0  # mlx-lm's LoRA scale (= alpha / rank in PEFT terms)
     dropout: float = 0.0
@@ -100,7 +100,7 @@ class TrainSettings:
     optimizer: str = "adamw"  # adam | adamw
     weight_decay: float = 0.0
     iters: int | None = None  # training steps (batches); wins over epochs when both are set
-    epochs: float | None = 3
+    epochs: float | None = 2
     batch_size: int = 4
     grad_accumulation: int = 1
     max_seq_length: int = 512  # longer samples are truncated (and counted in the log)

@@ -25,6 +25,15 @@ MODEL = PLAN.base_model
 MODEL_SLUG = MODEL.slug
 
 
+def all_cores():
+    """Threads for the heavy rules: every core given with --cores. Commands that run no job
+    (`--report`, `--lint`) give none; then any number will do, Snakemake caps it anyway."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return os.cpu_count() or 1
+
+
 def data_path(name):
     """Model-independent outputs: shared by every base model."""
     return f"results/data/{name}"

@@ -28,7 +28,7 @@ rule evaluate:
         train_sample_articles=config["evaluate"]["train_sample_articles"],
     log:
         log_path("evaluate"),
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         mem_mb=8000,
         runtime=120,

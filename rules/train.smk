@@ -16,7 +16,7 @@ rule train:
         resume_dir=model_path("train/resume"),
     log:
         log_path("train"),
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         mem_mb=8000,
         runtime=240,

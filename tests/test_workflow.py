@@ -85,6 +85,12 @@ def test_nothing_changed_nothing_to_do(built):
     assert dry_run_reasons(built["work"], "fuse") == {}
 
 
+def test_commands_without_cores_parse_the_workflow(built):
+    # `snakemake --report report.html` gives no --cores; the heavy rules' threads must not need it.
+    proc = run_snakemake(built["work"], "--list-rules", cores=None)
+    assert "train" in proc.stdout and "fuse" in proc.stdout
+
+
 def test_changed_training_setting_reruns_train_and_fuse_only(built):
     work = built["work"]
     write_config(work, {**built["overrides"], "train": {**TINY_TRAIN, "rank": 8}})
@@ -118,6 +124,7 @@ def test_new_post_reruns_data_and_training_but_not_convert(built, tmp_path):
     finally:
         post.unlink()
         run_snakemake(work, "split")
+    assert split_assignment(work) == before, "a deleted post leaves the dataset"
 
 
 def test_another_base_model_lives_beside_the_first(built, tiny_model_factory):
@@ -142,13 +149,24 @@ def test_default_target_exports_gguf_modelfile_and_evaluation(built):
     gguf_dir = work / "results" / built["slug"] / "gguf"
     assert any(gguf_dir.glob("*.gguf")) and (gguf_dir / "Modelfile").is_file()
     assert 'PARAMETER stop "<|im_end|>"' in (gguf_dir / "Modelfile").read_text()
-    # Export settings do not touch training or evaluation.
-    write_config(work, {**built["overrides"], "export": {"gguf_type": "q8_0"}})
-    try:
-        reasons = set(dry_run_reasons(work))
-        assert "export_gguf" in reasons and not reasons & (UPSTREAM | {"evaluate"})
-    finally:
-        write_config(work, built["overrides"])
+    assert dry_run_reasons(work) == {}
+    # Export settings do not touch training or evaluation; Modelfile settings touch only it.
+    changes = [
+        ({"export": {"gguf_type": "q8_0"}}, None),
+        ({"modelfile": {"parameters": {"temperature": 0.2, "num_ctx": 1024}}}, {"modelfile", "report_assets"}),
+        ({"system_prompt": "You are my blog."}, UPSTREAM - {"chunk", "split", "convert"}),
+    ]
+    for change, expected in changes:
+        write_config(work, {**built["overrides"], **change})
+        try:
+            reasons = set(dry_run_reasons(work))
+            if expected is None:
+                assert "export_gguf" in reasons and not reasons & (UPSTREAM | {"evaluate"}), (change, reasons)
+            else:
+                assert expected <= reasons and not reasons & ({"chunk", "split", "convert"}), (change, reasons)
+                assert ("evaluate" in reasons) == ("train" in reasons), (change, reasons)
+        finally:
+            write_config(work, built["overrides"])
 
 
 def test_config_errors_fail_before_any_work(built, tmp_path):
