@@ -19,19 +19,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from blogtune.io_utils import atomic_open  # noqa: E402
+from blogtune.training import LOSS_COLUMNS  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-LOSS_COLUMNS = (
-    "step",
-    "split",
-    "loss",
-    "learning_rate",
-    "tokens_per_second",
-    "trained_tokens",
-    "peak_memory_gb",
-    "elapsed_s",
-)
 SPLIT_COLORS = {"test": "tab:red", "valid": "tab:orange", "train_sample": "tab:blue", "train": "tab:blue"}
 SPLIT_NAMES = {"test": "test (held out)", "valid": "validation", "train_sample": "training sample"}
 
