@@ -1,8 +1,9 @@
 """Benchmark: GGUF export speed and peak memory, ours vs mlx-lm's own exporter, same model, same run.
 
 A random-weight llama-architecture model (float16 safetensors, 4 shards, >1 GB) is generated once;
-then each exporter runs in its own child process so that ru_maxrss (from os.wait4) is that
-exporter's peak resident memory alone. mlx-lm's path is what `mlx_lm.fuse --export-gguf` does:
+then each exporter runs in its own child process, which reads its own peak resident memory (VmHWM) when done.
+Not ru_maxrss from wait4: Linux carries the parent's high-water mark across fork+exec, so a child
+of this (model-generating) process would report the parent's peak instead of its own. mlx-lm's path is what `mlx_lm.fuse --export-gguf` does:
 all weights loaded with mx.load, then mlx_lm.gguf.convert_to_gguf (fp16 only, llama only).
 
     python bench/gguf_export.py [--workdir /tmp/blogtune-bench] [--layers 16] [--keep]
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -113,13 +113,31 @@ def run_mlx(model_dir: Path, out: Path) -> None:
     convert_to_gguf(model_dir, weights, config, str(out))
 
 
-def measure(args: list[str]) -> tuple[float, int, int]:
-    """(seconds, peak RSS bytes, exit status) of one child process."""
+def vm_hwm() -> int:
+    """This process's peak resident memory in bytes (VmHWM is per address space, reset by exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def measure(args: list[str]) -> tuple[float, dict, int]:
+    """(seconds, {"peak", "baseline"} bytes, exit status) of one child process."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, *args], cwd=REPO, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - start, usage.ru_maxrss * 1024, proc.returncode
+    proc = subprocess.run([sys.executable, __file__, *args], cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    mem = json.loads(lines[-1]) if lines else {"peak": 0, "baseline": 0}
+    if proc.returncode:
+        print(proc.stderr[-2000:], file=sys.stderr)
+    return seconds, mem, proc.returncode
+
+
+def largest_tensor(model_dir: Path) -> tuple[str, int]:
+    from blogtune.gguf_export.safetensors_io import index_model
+
+    ref = max(index_model(model_dir).values(), key=lambda r: r.nbytes)
+    return ref.name, ref.nbytes
 
 
 def dir_bytes(path: Path) -> int:
@@ -136,9 +154,16 @@ def main() -> None:
     if a.child:
         kind, model_dir, out, *rest = a.child
         if kind == "ours":
+            import blogtune.gguf_export  # noqa: F401 - imports count as baseline, not as export memory
+        else:
+            import mlx.core  # noqa: F401
+            import mlx_lm.gguf  # noqa: F401
+        baseline = vm_hwm()
+        if kind == "ours":
             run_ours(Path(model_dir), Path(out), rest[0])
         else:
             run_mlx(Path(model_dir), Path(out))
+        print(json.dumps({"peak": vm_hwm(), "baseline": baseline}))
         return
 
     model_dir = a.workdir / "model"
@@ -146,7 +171,10 @@ def main() -> None:
         print(f"generating a random {a.layers}-layer llama model in {model_dir} ...", flush=True)
         generate(model_dir, a.layers)
     size = dir_bytes(model_dir)
-    print(f"model: {size / 1e9:.2f} GB float16 safetensors (4 shards)\n", flush=True)
+    big_name, big = largest_tensor(model_dir)
+    print(
+        f"model: {size / 1e9:.2f} GB float16 safetensors (4 shards); largest tensor {big_name} {big / 1e6:.0f} MB\n"
+    )
 
     rows = []
     for label, child in [
@@ -154,24 +182,29 @@ def main() -> None:
         ("blogtune q8_0", ["ours", str(model_dir), str(a.workdir / "ours-q8_0.gguf"), "q8_0"]),
         ("mlx_lm.gguf f16", ["mlx", str(model_dir), str(a.workdir / "mlx-f16.gguf")]),
     ]:
-        seconds, rss, code = measure(["--child", *child])
+        seconds, mem, code = measure(["--child", *child])
         out = Path(child[2])
         out_size = out.stat().st_size if out.is_file() else 0
-        rows.append((label, seconds, size / 1e6 / seconds, rss, out_size, code))
-        print(f"  {label}: {seconds:.1f} s, peak RSS {rss / 1e9:.2f} GB, exit {code}", flush=True)
+        rows.append((label, seconds, size / 1e6 / seconds, mem, out_size, code))
+        print(f"  {label}: {seconds:.1f} s, peak RSS {mem['peak'] / 1e9:.2f} GB, exit {code}", flush=True)
 
-    print(f"\n{'exporter':<18}{'seconds':>9}{'MB/s in':>9}{'peak RSS':>11}{'RSS/model':>11}{'GGUF':>10}")
-    for label, seconds, mbps, rss, out_size, code in rows:
+    # "after imports": the process with the exporter's modules loaded, before it reads any weight.
+    print(
+        f"\n{'exporter':<17}{'seconds':>8}{'MB/s in':>8}{'peak RSS':>10}{'after imports':>14}"
+        f"{'export part':>12}{'/model':>7}{'/largest':>9}{'GGUF':>9}"
+    )
+    for label, seconds, mbps, mem, out_size, code in rows:
         flag = "" if code == 0 else f"  (exit {code})"
+        delta = mem["peak"] - mem["baseline"]
         print(
-            f"{label:<18}{seconds:>9.1f}{mbps:>9.0f}{rss / 1e9:>9.2f} GB{rss / size:>10.2f}x"
-            f"{out_size / 1e9:>7.2f} GB{flag}"
+            f"{label:<17}{seconds:>8.1f}{mbps:>8.0f}{mem['peak'] / 1e6:>7.0f} MB{mem['baseline'] / 1e6:>11.0f} MB"
+            f"{delta / 1e6:>9.0f} MB{mem['peak'] / size:>6.2f}x{delta / big:>8.2f}x{out_size / 1e9:>6.2f} GB{flag}"
         )
     ours, peer = rows[0], rows[2]
     if peer[5] == 0:
         print(
             f"\nblogtune f16 vs mlx_lm.gguf: {peer[1] / ours[1]:.2f}x the speed, "
-            f"{ours[3] / peer[3]:.2f}x the peak memory"
+            f"{ours[3]['peak'] / peer[3]['peak']:.2f}x the peak memory"
         )
     if not a.keep:
         for p in a.workdir.glob("*.gguf"):

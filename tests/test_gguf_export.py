@@ -31,7 +31,7 @@ from blogtune.gguf_export import (
 )
 from blogtune.gguf_export.architectures import llama3_rope_factors, permute_rows
 from blogtune.gguf_export.quantize import tensor_type
-from blogtune.gguf_export.vocab import chkhsh, chktxt, detect_pre, load_vocab
+from blogtune.gguf_export.vocab import JsonTokenizer, chkhsh, chktxt, detect_pre, load_vocab
 
 torch = pytest.importorskip("torch")
 
@@ -375,6 +375,21 @@ def test_llama32_tokenizer_pre_and_bos(llama32_tok_dir):
     assert vocab.add_bos is True  # Llama 3 adds <|begin_of_text|>
     assert vocab.tokens[vocab.special_ids["bos"]] == "<|begin_of_text|>"
     assert vocab.tokens[vocab.special_ids["eos"]] == "<|end_of_text|>"
+
+
+@pytest.mark.parametrize("which", ["smollm2", "qwen3", "llama32"])
+def test_json_tokenizer_agrees_with_transformers(which, smollm2_tok_dir, qwen3_tok_dir, llama32_tok_dir):
+    """The export reads tokenizers without transformers (no torch import); the hash that picks the
+    pre-tokenizer, the size, the special ids and the BOS probe must be what transformers gives."""
+    from transformers import AutoTokenizer
+
+    folder = {"smollm2": smollm2_tok_dir, "qwen3": qwen3_tok_dir, "llama32": llama32_tok_dir}[which]
+    ours, ref = JsonTokenizer(folder), AutoTokenizer.from_pretrained(folder)
+    assert chkhsh(ours) == chkhsh(ref)
+    assert len(ours) == len(ref)
+    for kind in ("bos", "eos", "unk", "pad"):
+        assert getattr(ours, f"{kind}_token_id") == getattr(ref, f"{kind}_token_id"), kind
+    assert ours.encode(PROBE) == ref.encode(PROBE)
 
 
 def test_unknown_pre_hash_falls_back_by_family_or_fails(small_tok_dir, caplog):

@@ -157,8 +157,40 @@ def tokenizer_kind(model_dir: Path) -> str:
     )
 
 
+class JsonTokenizer:
+    """The part of a tokenizer the export needs (encode, size, special ids), from tokenizer.json alone.
+
+    Read with `tokenizers` rather than transformers: importing transformers' AutoTokenizer pulls in
+    torch, ~280 MB of resident memory that would dominate the export's peak (measured).
+    """
+
+    def __init__(self, model_dir: Path):
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        config = {
+            **_read_json(model_dir / "special_tokens_map.json"),
+            **_read_json(model_dir / "tokenizer_config.json"),
+        }
+        for kind in ("bos", "eos", "unk", "pad"):
+            token = config.get(f"{kind}_token")
+            if isinstance(token, dict):  # older files: {"content": "<s>", ...}
+                token = token.get("content")
+            setattr(
+                self, f"{kind}_token_id", self._tok.token_to_id(token) if isinstance(token, str) else None
+            )
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text).ids
+
+    def __len__(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+
 def load_hf_tokenizer(model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
+    if (model_dir / "tokenizer.json").is_file():
+        return JsonTokenizer(model_dir)
+    from transformers import AutoTokenizer  # a bare tokenizer.model needs transformers' conversion
 
     return AutoTokenizer.from_pretrained(str(model_dir))
 
