@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,13 @@ SLUG = "smollm2-135m-instruct"
 
 
 def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KB on Linux
+    """This worker's own peak RSS. VmHWM, not ru_maxrss: Linux carries a parent's high-water mark
+    across fork+exec into the child's ru_maxrss."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024**2  # kB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # no procfs: bytes on macOS
+    return peak / (1024**3 if sys.platform == "darwin" else 1024**2)
 
 
 def worker_mlx(cfg: dict) -> dict:
@@ -188,12 +195,13 @@ def make_synthetic_blog(out: Path) -> Path:
     return out
 
 
-def run_worker(kind: str, cfg: dict) -> dict:
+def run_worker(kind: str, cfg: dict, prefix: Sequence[str] = (), env_extra: dict | None = None) -> dict:
+    """One fresh worker process; `prefix` wraps its command (bench/profile_train.py: perf record)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(cfg, fh)
     out = fh.name + ".out"
-    env = dict(os.environ, PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, __file__, "--worker", kind, "--worker-config", fh.name, "--worker-out", out]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false", **(env_extra or {}))
+    cmd = [*prefix, sys.executable, __file__, "--worker", kind, "--worker-config", fh.name, "--worker-out", out]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
@@ -215,8 +223,27 @@ def summarize(run: dict, warmup: int) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def worker_config(args) -> dict:
+    """Everything a worker needs: model/data paths (prepared by the workflow) and the settings."""
+    cfg = prepare(args)
+    cfg.update(
+        device=args.device,
+        batch_size=args.batch_size,
+        rank=args.rank,
+        scale=args.scale,
+        num_layers=args.num_layers,
+        keys=[k.strip() for k in args.keys.split(",") if k.strip()],
+        max_seq_length=args.max_seq_length,
+        lr=args.lr,
+        mask_prompt=not args.no_mask_prompt,
+        seed=args.seed,
+        steps=args.steps,
+        warmup=args.warmup,
+    )
+    return cfg
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=2, help="runs per framework (alternating)")
     p.add_argument("--steps", type=int, default=12, help="measured steps per run")
     p.add_argument("--warmup", type=int, default=3, help="steps excluded from timing")
@@ -235,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--json", help="also write the results here")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(p)
     p.add_argument("--worker", choices=["mlx", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--worker-config", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -246,21 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.worker_out).write_text(json.dumps(result))
         return 0
 
-    cfg = prepare(args)
-    cfg.update(
-        device=args.device,
-        batch_size=args.batch_size,
-        rank=args.rank,
-        scale=args.scale,
-        num_layers=args.num_layers,
-        keys=[k.strip() for k in args.keys.split(",") if k.strip()],
-        max_seq_length=args.max_seq_length,
-        lr=args.lr,
-        mask_prompt=not args.no_mask_prompt,
-        seed=args.seed,
-        steps=args.steps,
-        warmup=args.warmup,
-    )
+    cfg = worker_config(args)
     results: dict[str, list[dict]] = {"mlx": [], "torch": []}
     for r in range(args.runs):
         for kind in ("mlx", "torch"):

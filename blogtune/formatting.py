@@ -4,6 +4,12 @@ Every chat sample must end with the model's end-of-turn token: a model trained o
 without it never learns to stop (the most common complaint after import into Ollama).
 We write the standard mlx-lm `{"messages": [...]}` format (usable by `mlx_lm.lora` as is)
 and check here, with the tokenizer, that the rendered text really ends at end-of-turn.
+
+Chunks are cut by characters (model-independent), but training truncates by tokens: a 1,024-char
+Chinese chunk is ~1,200 SmolLM2 tokens, so at max_seq_length 512 its second half and its
+end-of-turn token were never learned (a third of the sample blog's chunks). So a chunk whose
+sample exceeds max_seq_length is cut again, with the same chunker, into pieces that fit, and the
+article's parts are renumbered.
 """
 
 from __future__ import annotations
@@ -11,10 +17,11 @@ from __future__ import annotations
 import logging
 import re
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from blogtune.chunking import chunk_article
 from blogtune.io_utils import atomic_write_jsonl, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -36,6 +43,8 @@ class FormatStats:
     samples: int = 0
     tokens: list[int] = field(default_factory=list)
     ending_at_eot: int = 0
+    chunks_cut_to_fit: int = 0  # chunks cut again so that their samples fit max_seq_length
+    over_max_seq_length: int = 0  # samples still longer (one block that cannot be cut): truncated
 
     def as_dict(self) -> dict:
         toks = self.tokens or [0]
@@ -45,6 +54,8 @@ class FormatStats:
             "tokens_mean": round(statistics.fmean(toks), 1),
             "tokens_max": max(toks),
             "ending_at_end_of_turn": self.ending_at_eot,
+            "chunks_cut_to_fit": self.chunks_cut_to_fit,
+            "over_max_seq_length": self.over_max_seq_length,
         }
 
 
@@ -119,6 +130,71 @@ def check_sample(sample: dict, tokenizer, style: str) -> tuple[int, bool]:
     return len(ids) + 1, True  # +1: the EOS mlx-lm appends
 
 
+# Tokens left free when fitting: renumbering parts ("part 3 of 12") can lengthen the prompt a little.
+FIT_MARGIN = 8
+
+
+def merge_heading_paths(outer: list[str], inner: list[str]) -> list[str]:
+    """The heading path of a piece cut from a chunk: the chunk's path, then the headings met
+    inside the chunk, without repeating the chunk's own heading (its text starts with it)."""
+    for k in range(min(len(outer), len(inner)), 0, -1):
+        if outer[-k:] == inner[:k]:
+            return outer + inner[k:]
+    return outer + inner
+
+
+def fit_chunk(chunk: dict, measure: Callable[[dict], int], budget: int) -> list[dict]:
+    """`chunk` as few pieces as possible whose samples measure at most `budget` tokens.
+
+    The chunker itself cuts the text into small pieces (headings, paragraphs, lines; never inside
+    code), which are then packed greedily by measured tokens, so the pieces joined give back the
+    chunk's text. A piece that cannot be cut (one long code block) stays over budget.
+    """
+    n = measure(chunk)
+    if n <= budget:
+        return [chunk]
+    text = chunk["text"]
+    overhead = measure({**chunk, "text": ""})  # template + prompt tokens of every piece
+    if budget - overhead < budget // 4:
+        return [chunk]  # pieces would be mostly prompt: better truncated than shredded
+    # Small pieces: about a quarter of what fits, by this chunk's chars/token ratio.
+    fits_chars = len(text) * (budget - overhead) / max(1, n - overhead)
+    small = chunk_article(chunk["article_id"], chunk["title"], text, max(32, int(fits_chars / 4)))
+    if len(small) <= 1:
+        return [chunk]
+    outer = list(chunk.get("heading_path") or [])
+
+    def piece(first, body: str) -> dict:
+        return {**chunk, "heading_path": merge_heading_paths(outer, first.heading_path), "text": body}
+
+    out, first, body = [], small[0], small[0].text
+    for nxt in small[1:]:
+        if measure(piece(first, body + nxt.text)) <= budget:
+            body += nxt.text
+        else:
+            out.append(piece(first, body))
+            first, body = nxt, nxt.text
+    out.append(piece(first, body))
+    return out
+
+
+def fit_to_length(chunks: Iterable[dict], measure: Callable[[dict], int], max_tokens: int) -> tuple[list[dict], int]:
+    """Chunks (grouped by article, in order) with over-long ones cut to fit and parts renumbered;
+    also how many chunks were cut."""
+    articles: dict[str, list[dict]] = {}
+    for chunk in chunks:
+        articles.setdefault(chunk["article_id"], []).append(chunk)
+    out, n_cut = [], 0
+    for parts in articles.values():
+        pieces = []
+        for chunk in sorted(parts, key=lambda c: c["part"]):
+            fitted = fit_chunk(chunk, measure, max_tokens - FIT_MARGIN)
+            n_cut += len(fitted) > 1
+            pieces.extend(fitted)
+        out.extend({**p, "part": k, "parts": len(pieces)} for k, p in enumerate(pieces, start=1))
+    return out, n_cut
+
+
 def format_split(
     chunks: Iterable[dict],
     out_path: Path,
@@ -126,8 +202,10 @@ def format_split(
     style: str = "chat",
     prompts: dict[str, str] | None = None,
     system_prompt: str | None = None,
+    max_seq_length: int | None = None,
 ) -> FormatStats:
-    """Write one split's samples; every sample is checked against the tokenizer."""
+    """Write one split's samples; every sample is checked against the tokenizer. With
+    `max_seq_length`, chunks whose samples are longer are first cut to fit (see the module doc)."""
     prompts = validate_prompts(prompts or DEFAULT_PROMPTS)
     if style == "chat" and not getattr(tokenizer, "chat_template", None):
         raise FormatError(
@@ -136,14 +214,23 @@ def format_split(
         )
     if style not in {"chat", "text"}:
         raise FormatError(f"format.style must be 'chat' or 'text', not {style!r}")
+
+    def make(chunk: dict) -> dict:
+        return chat_sample(chunk, prompts, system_prompt) if style == "chat" else text_sample(chunk)
+
     stats = FormatStats()
+    if max_seq_length:
+        chunks, stats.chunks_cut_to_fit = fit_to_length(
+            chunks, lambda c: check_sample(make(c), tokenizer, style)[0], max_seq_length
+        )
     rows = []
     for chunk in chunks:
-        sample = chat_sample(chunk, prompts, system_prompt) if style == "chat" else text_sample(chunk)
+        sample = make(chunk)
         n_tokens, ends = check_sample(sample, tokenizer, style)
         stats.samples += 1
         stats.tokens.append(n_tokens)
         stats.ending_at_eot += ends
+        stats.over_max_seq_length += bool(max_seq_length) and n_tokens > max_seq_length
         rows.append(sample)
     if stats.samples and stats.ending_at_eot != stats.samples:
         raise FormatError(
@@ -162,14 +249,20 @@ def format_splits(
     style: str,
     prompts: dict[str, str] | None,
     system_prompt: str | None,
+    max_seq_length: int | None = None,
 ) -> dict[str, dict]:
     stats = {}
     for split, src in split_files.items():
-        s = format_split(read_jsonl(src), out_files[split], tokenizer, style, prompts, system_prompt)
+        s = format_split(read_jsonl(src), out_files[split], tokenizer, style, prompts, system_prompt, max_seq_length)
         stats[split] = s.as_dict()
         log.info(
-            "%s: %d samples, %d tokens (mean %.0f, max %d), all ending at %r",
+            "%s: %d samples, %d tokens (mean %.0f, max %d), all ending at %r; %d chunk(s) cut to fit %s tokens",
             split, s.samples, sum(s.tokens), stats[split]["tokens_mean"], stats[split]["tokens_max"],
-            tokenizer.eos_token if style == "chat" else "EOS",
+            tokenizer.eos_token if style == "chat" else "EOS", s.chunks_cut_to_fit, max_seq_length or "no limit",
         )
+        if s.over_max_seq_length:
+            log.warning(
+                "%s: %d sample(s) still exceed train.max_seq_length=%s (a code block or line that cannot be "
+                "cut); training truncates them", split, s.over_max_seq_length, max_seq_length,
+            )
     return stats

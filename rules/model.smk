@@ -52,6 +52,7 @@ rule format:
         stats=model_path("data/format_stats.json"),
     params:
         style=config["format"]["style"],
+        max_seq_length=config["train"]["max_seq_length"] if config["format"]["cut_to_fit"] else None,
         prompts=config["format"].get("prompts"),
         system_prompt=config["system_prompt"],
     log:

@@ -10,13 +10,17 @@ from blogtune.logs import setup_logging, snakemake_log
 SPLITS = ("train", "valid", "test")
 
 
-def main(split_files, out_files, model_dir, stats_path, style="chat", prompts=None, system_prompt=None, log_file=None):
+def main(split_files, out_files, model_dir, stats_path, style="chat", prompts=None, system_prompt=None,
+         max_seq_length=None, log_file=None):
     setup_logging(log_file)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    stats = format_splits(split_files, out_files, tokenizer, style, prompts, system_prompt)
-    atomic_write_json(stats_path, {"style": style, "eos_token": tokenizer.eos_token, "splits": stats})
+    stats = format_splits(split_files, out_files, tokenizer, style, prompts, system_prompt, max_seq_length)
+    atomic_write_json(
+        stats_path,
+        {"style": style, "eos_token": tokenizer.eos_token, "max_seq_length": max_seq_length, "splits": stats},
+    )
 
 
 if "snakemake" in globals():
@@ -29,6 +33,7 @@ if "snakemake" in globals():
         smk.params.style,
         smk.params.prompts,
         smk.params.system_prompt,
+        smk.params.max_seq_length,
         snakemake_log(smk),
     )
 elif __name__ == "__main__":
@@ -38,6 +43,7 @@ elif __name__ == "__main__":
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--style", default="chat", choices=["chat", "text"])
     ap.add_argument("--system-prompt")
+    ap.add_argument("--max-seq-length", type=int, help="cut chunks whose samples are longer")
     a = ap.parse_args()
     main({s: a.split_dir / f"{s}.jsonl" for s in SPLITS}, {s: a.out_dir / f"{s}.jsonl" for s in SPLITS},
-         a.model_dir, a.out_dir / "format_stats.json", a.style, None, a.system_prompt)
+         a.model_dir, a.out_dir / "format_stats.json", a.style, None, a.system_prompt, a.max_seq_length)

@@ -109,6 +109,16 @@ def test_changed_chunk_setting_does_not_convert(built):
         write_config(work, built["overrides"])
 
 
+def test_changed_max_seq_length_reformats_but_does_not_rechunk(built):
+    """Samples are cut to fit max_seq_length, so format depends on it; chunks and split do not."""
+    work = built["work"]
+    write_config(work, {**built["overrides"], "train": {**TINY_TRAIN, "max_seq_length": 256}})
+    try:
+        assert set(dry_run_reasons(work, "fuse")) == {"format", "train", "fuse"}
+    finally:
+        write_config(work, built["overrides"])
+
+
 def test_new_post_reruns_data_and_training_but_not_convert(built, tmp_path):
     work, blog = built["work"], built["blog"]
     before = split_assignment(work)
