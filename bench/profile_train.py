@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -38,7 +39,9 @@ def categorize(dso: str, sym: str) -> str:
     d, s = dso.lower(), sym.lower()
     if "openblas" in d or re.search(r"gemm|mkl_blas|brgemm|jit_avx|jit_uni|sgemv", s):
         return "gemm"
-    if re.search(r"mlx.*compiled|libmlx_jit|/jit/|compiled_", d) or s.startswith("compiled_"):
+    # MLX's JIT kernels are shared objects named after the fused graph, e.g.
+    # libCf4IBroadcastBDf4ISubtractACEf4OExpD_VV_f4f4_<hash>_strided_2.so
+    if re.search(r"_(strided_\d+|contiguous)\.so$", d):
         return "mlx fused (JIT)"
     if re.search(r"memcpy|memset|memmove|clear_page|page_fault|_raw_spin|copy_user|zap_|alloc_pages", s):
         return "memory"
@@ -72,11 +75,24 @@ def total_samples(data: Path) -> int:
     return sum(int(line.split()[0]) for line in out.splitlines() if line.strip().split()[:1] != [])
 
 
+def thread_seconds(data: Path, freq: int) -> list[float]:
+    """CPU-seconds per thread, busiest first."""
+    out = subprocess.run(
+        ["perf", "script", "-i", str(data), "-F", "tid"], capture_output=True, text=True, check=True
+    ).stdout
+    counts: dict[str, int] = defaultdict(int)
+    for line in out.split():
+        counts[line] += 1
+    return sorted((n / freq for n in counts.values()), reverse=True)
+
+
 def profile(kind: str, cfg: dict, freq: int, workdir: Path) -> dict:
     data = workdir / f"perf-{kind}.data"
     prefix = ["perf", "record", "-F", str(freq), "-o", str(data), "-q", "--"]
     # oneDNN's JIT kernels have no symbols unless it writes a perf map.
+    tic = time.perf_counter()
     run = tt.run_worker(kind, cfg, prefix=prefix, env_extra={"DNNL_JIT_PROFILE": "1"})
+    run_wall = time.perf_counter() - tic
     steps = run["steps"][cfg["warmup"]:]
     tokens = sum(s[0] for s in steps)
     wall = sum(s[1] for s in steps)
@@ -93,6 +109,8 @@ def profile(kind: str, cfg: dict, freq: int, workdir: Path) -> dict:
         "step_wall_s": statistics.median(s[1] for s in steps),
         "cpu_s": cpu_s,
         "run_tokens": run_tokens,
+        "run_wall_s": run_wall,
+        "threads_s": thread_seconds(data, freq),
         "by_cat": dict(by_cat),
         "top": rows,
     }
@@ -124,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'total':<18}" + "".join(f"{r['cpu_s'] / r['run_tokens'] * 1000:>16.2f}" for r in results))
     print(f"{'measured tok/s':<18}" + "".join(f"{r['tok_s']:>16.1f}" for r in results))
     print(f"{'step wall (median)':<18}" + "".join(f"{r['step_wall_s']:>15.1f}s" for r in results))
+    print(f"{'cores busy (run)':<18}" + "".join(f"{r['cpu_s'] / r['run_wall_s']:>16.2f}" for r in results))
+    for r in results:
+        busiest = ", ".join(f"{t:.0f}" for t in r["threads_s"][:4])
+        print(f"{r['kind']}: {r['run_wall_s']:.0f} s wall; CPU-seconds of its busiest threads: {busiest}")
     for r in results:
         print(f"\ntop symbols, {r['kind']} (self time, % of all samples):")
         for pct, dso, sym in r["top"][: args.top]:

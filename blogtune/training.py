@@ -13,8 +13,10 @@ where the CPU time and the resume state live. What a CPU profile showed, and wha
   the causal mask hides) with a fused exp and the softmax division moved after the PV matmul;
   swiglu gets a fused backward. Compiled with vectorizing JIT flags (blogtune.blas) these run at
   ~600+ Melem/s. Attention went from ~47% of a step to ~20%.
-- The batch is split over MLX CPU streams (one thread each; elementwise ops are single-threaded
-  per stream) and the whole step is `mx.compile`d.
+- One MLX stream with OpenBLAS on all cores, and the whole step `mx.compile`d. Splitting the batch
+  over two streams (one BLAS thread each) was measured slower on 2 cores: 173 vs 212 tokens/s
+  (16 layers), 133 vs 146 (all layers); perf showed each stream thread busy only about half the
+  run, so the halves did not overlap as hoped. BLOGTUNE_MLX_STREAMS=2 keeps that path for benchmarks.
 - Blocks below the trained ones are frozen, so their output per sample never changes: it is
   computed once and cached (exact), which skips their forward pass from the second epoch on.
 - Checkpoints hold adapter weights, optimizer state (incl. the LR-schedule step) and the step;
@@ -850,8 +852,9 @@ def _adapter_config(settings: TrainSettings, keys: list[str] | None, model_dir: 
 
 
 def _n_streams(threads: int, batch_size: int) -> int:
-    """MLX CPU streams to split a batch over (BLOGTUNE_MLX_STREAMS overrides, for benchmarking)."""
-    wanted = int(os.environ.get("BLOGTUNE_MLX_STREAMS", "2"))
+    """MLX CPU streams to split a batch over: 1 (measured fastest, see the module doc);
+    BLOGTUNE_MLX_STREAMS overrides it for benchmarks."""
+    wanted = int(os.environ.get("BLOGTUNE_MLX_STREAMS", "1"))
     return max(1, min(wanted, threads, batch_size))
 
 
@@ -1262,9 +1265,10 @@ def train(
         grad_checkpoint(model.layers[0])  # patches the class; restored when training ends
     optimizer = _make_optimizer(settings, total_updates)
     n_streams = _n_streams(threads, batch_size) if cpu else 1
-    if n_streams > 1:
-        # MLX runs each stream's ops on its own thread: split BLAS threads between them.
+    if cpu:
+        # MLX runs each stream's ops on its own thread: the BLAS threads are shared between them.
         blas.set_blas_threads(max(1, threads // n_streams))
+    if n_streams > 1:
         streams = [mx.new_stream(mx.cpu) for _ in range(n_streams)]
     else:
         streams = [mx.default_stream(mx.default_device())]

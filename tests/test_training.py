@@ -201,6 +201,23 @@ def test_frozen_prefix_cache_changes_nothing(mlx_tiny, data_dir, tmp_path, monke
     assert cached.final_valid_loss == pytest.approx(plain.final_valid_loss, abs=1e-4)
 
 
+def test_batch_split_over_two_streams_trains_the_same(mlx_tiny, data_dir, tmp_path, monkeypatch):
+    """BLOGTUNE_MLX_STREAMS=2 (the benchmark knob) splits each batch into micro-batches on two CPU
+    streams; the loss is summed over scored tokens either way, so the adapters must agree."""
+    import mlx.core as mx
+
+    settings = TrainSettings(iters=4, **FAST)
+    monkeypatch.setenv("BLOGTUNE_MLX_STREAMS", "1")
+    one = train(mlx_tiny, data_dir, tmp_path / "one", settings, threads=2)
+    monkeypatch.setenv("BLOGTUNE_MLX_STREAMS", "2")
+    two = train(mlx_tiny, data_dir, tmp_path / "two", settings, threads=2)
+    a = mx.load(str(tmp_path / "one" / "adapters.safetensors"))
+    b = mx.load(str(tmp_path / "two" / "adapters.safetensors"))
+    for k in a:
+        assert mx.allclose(a[k], b[k], atol=1e-5, rtol=1e-4).item(), k
+    assert one.final_valid_loss == pytest.approx(two.final_valid_loss, abs=1e-4)
+
+
 def test_epochs_become_iters(mlx_tiny, data_dir, tmp_path):
     assert iters_for(TrainSettings(epochs=2, batch_size=4), 16) == 8
     assert iters_for(TrainSettings(epochs=1.5, batch_size=4), 18) == 8  # ceil(1.5 * 5)
