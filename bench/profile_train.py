@@ -67,16 +67,8 @@ def perf_samples(data: Path) -> list[tuple[float, str, str]]:
     return rows
 
 
-def total_samples(data: Path) -> int:
-    out = subprocess.run(
-        ["perf", "report", "-i", str(data), "--stdio", "-q", "--sort", "dso", "-F", "sample"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    return sum(int(line.split()[0]) for line in out.splitlines() if line.strip().split()[:1] != [])
-
-
 def thread_seconds(data: Path, freq: int) -> list[float]:
-    """CPU-seconds per thread, busiest first."""
+    """CPU-seconds per thread, busiest first (every sample is 1/freq s of one thread's CPU time)."""
     out = subprocess.run(
         ["perf", "script", "-i", str(data), "-F", "tid"], capture_output=True, text=True, check=True
     ).stdout
@@ -97,8 +89,7 @@ def profile(kind: str, cfg: dict, freq: int, workdir: Path) -> dict:
     tokens = sum(s[0] for s in steps)
     wall = sum(s[1] for s in steps)
     rows = perf_samples(data)
-    n = total_samples(data)
-    cpu_s = n / freq  # every sample is 1/freq s of one thread's CPU time
+    threads_s = thread_seconds(data, freq)
     by_cat: dict[str, float] = defaultdict(float)
     for pct, dso, sym in rows:
         by_cat[categorize(dso, sym)] += pct
@@ -107,10 +98,10 @@ def profile(kind: str, cfg: dict, freq: int, workdir: Path) -> dict:
         "kind": kind,
         "tok_s": tokens / wall,
         "step_wall_s": statistics.median(s[1] for s in steps),
-        "cpu_s": cpu_s,
+        "cpu_s": sum(threads_s),
         "run_tokens": run_tokens,
         "run_wall_s": run_wall,
-        "threads_s": thread_seconds(data, freq),
+        "threads_s": threads_s,
         "by_cat": dict(by_cat),
         "top": rows,
     }

@@ -44,7 +44,7 @@ class FormatStats:
     tokens: list[int] = field(default_factory=list)
     ending_at_eot: int = 0
     chunks_cut_to_fit: int = 0  # chunks cut again so that their samples fit max_seq_length
-    over_max_seq_length: int = 0  # samples still longer (one block that cannot be cut): truncated
+    over_max_seq_length: int = 0  # samples still longer (a code line cannot be cut): truncated
 
     def as_dict(self) -> dict:
         toks = self.tokens or [0]
@@ -146,9 +146,10 @@ def merge_heading_paths(outer: list[str], inner: list[str]) -> list[str]:
 def fit_chunk(chunk: dict, measure: Callable[[dict], int], budget: int) -> list[dict]:
     """`chunk` as few pieces as possible whose samples measure at most `budget` tokens.
 
-    The chunker itself cuts the text into small pieces (headings, paragraphs, lines; never inside
-    code), which are then packed greedily by measured tokens, so the pieces joined give back the
-    chunk's text. A piece that cannot be cut (one long code block) stays over budget.
+    The chunker itself cuts the text into small pieces (headings, paragraphs, lines; a code block
+    only between its lines), which are then packed greedily by measured tokens, so the pieces
+    joined give back the chunk's text. A piece that cannot be cut (one long code line) stays over
+    budget.
     """
     n = measure(chunk)
     if n <= budget:
@@ -262,7 +263,7 @@ def format_splits(
         )
         if s.over_max_seq_length:
             log.warning(
-                "%s: %d sample(s) still exceed train.max_seq_length=%s (a code block or line that cannot be "
-                "cut); training truncates them", split, s.over_max_seq_length, max_seq_length,
+                "%s: %d sample(s) still exceed train.max_seq_length=%s (a code line that cannot be cut); "
+                "training truncates them", split, s.over_max_seq_length, max_seq_length,
             )
     return stats
