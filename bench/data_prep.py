@@ -50,7 +50,7 @@ NAIVE_SNAKEFILE = textwrap.dedent(
 NAIVE_SCRIPT = textwrap.dedent(
     """
     import json
-    from blogtune.chunking import chunk_article
+    from blogtune.data.chunking import chunk_article
     text = open(snakemake.input[0], encoding="utf-8").read()
     with open(snakemake.output[0], "w", encoding="utf-8") as fh:
         for c in chunk_article(snakemake.wildcards.post, snakemake.wildcards.post, text, 1024):

@@ -97,7 +97,7 @@ def generate(model_dir: Path, layers: int) -> None:
 
 
 def run_ours(model_dir: Path, out: Path, outtype: str) -> None:
-    from blogtune.gguf_export import export_gguf
+    from blogtune.export.gguf import export_gguf
 
     export_gguf(model_dir, out, outtype)
 
@@ -134,7 +134,7 @@ def measure(args: list[str]) -> tuple[float, dict, int]:
 
 
 def largest_tensor(model_dir: Path) -> tuple[str, int]:
-    from blogtune.gguf_export.safetensors_io import index_model
+    from blogtune.export.gguf.safetensors_io import index_model
 
     ref = max(index_model(model_dir).values(), key=lambda r: r.nbytes)
     return ref.name, ref.nbytes
@@ -154,7 +154,7 @@ def main() -> None:
     if a.child:
         kind, model_dir, out, *rest = a.child
         if kind == "ours":
-            import blogtune.gguf_export  # noqa: F401 - imports count as baseline, not as export memory
+            import blogtune.export.gguf  # noqa: F401 - imports count as baseline, not as export memory
         else:
             import mlx.core  # noqa: F401
             import mlx_lm.gguf  # noqa: F401

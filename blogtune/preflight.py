@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from blogtune.base_model import BaseModelError, BaseModelSource, resolve_base_model
+from blogtune.model.base_model import BaseModelError, BaseModelSource, resolve_base_model
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def resolve_blog_dir(blog: dict, workdir: Path) -> Path:
 
 
 def select_posts(blog: dict, blog_dir: Path) -> tuple[list[Path], list[str]]:
-    from blogtune.posts import discover_posts, select_from_index
+    from blogtune.data.posts import discover_posts, select_from_index
 
     index = blog.get("index") or {}
     if index.get("file"):
@@ -107,7 +107,7 @@ def read_known_config(source: BaseModelSource) -> dict | None:
 def check_export(model_config: dict | None) -> str | None:
     if model_config is None:
         return None
-    from blogtune.gguf_export import UnsupportedArchitectureError, check_exportable
+    from blogtune.export.gguf import UnsupportedArchitectureError, check_exportable
 
     try:
         return check_exportable(model_config)
@@ -125,8 +125,8 @@ def available_memory_bytes() -> int:
 def check_memory(model_config: dict | None, config: dict) -> None:
     if model_config is None:
         return
-    from blogtune.model_prep import accelerator, plan_conversion
-    from blogtune.training import MemoryError_, TrainSettings, check_fits, estimate_memory
+    from blogtune.model.convert import accelerator, plan_conversion
+    from blogtune.train.loop import MemoryError_, TrainSettings, check_fits, estimate_memory
 
     m = config["model"]
     plan = plan_conversion(m["quantize"], m["bits"], m["group_size"], m["dtype"], accelerator())
@@ -139,7 +139,7 @@ def check_memory(model_config: dict | None, config: dict) -> None:
 
 
 def run_preflight(config: dict, workdir: Path) -> Plan:
-    from blogtune.formatting import FormatError, validate_prompts
+    from blogtune.model.formatting import FormatError, validate_prompts
 
     blog_dir = resolve_blog_dir(config["blog"], workdir)
     posts, missing = select_posts(config["blog"], blog_dir)

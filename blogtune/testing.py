@@ -8,8 +8,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from blogtune.base_model import embedded_gguf_path, export_tokenizer
 from blogtune.io_utils import atomic_dir
+from blogtune.model.base_model import embedded_gguf_path, export_tokenizer
 
 TINY_DIMS = dict(
     hidden_size=64,

@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Snakemake sets _
 
 import pandas as pd  # noqa: E402
 
-from blogtune.chunking import chunk_article  # noqa: E402
+from blogtune.data.chunking import chunk_article  # noqa: E402
+from blogtune.data.posts import DEFAULT_MAX_BYTES, Reject, discover_posts, load_articles  # noqa: E402
 from blogtune.io_utils import atomic_open, atomic_write_jsonl  # noqa: E402
-from blogtune.posts import DEFAULT_MAX_BYTES, Reject, discover_posts, load_articles  # noqa: E402
 
 log = logging.getLogger("blogtune.chunk")
 

@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 from blogtune.logs import setup_logging, snakemake_log
-from blogtune.model_prep import accelerator, convert_to_mlx, plan_conversion
+from blogtune.model.convert import accelerator, convert_to_mlx, plan_conversion
 
 
 def main(source, out_dir, quantize="auto", bits=4, group_size=64, dtype="auto", trust_remote_code=False, log_file=None):

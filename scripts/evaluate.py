@@ -56,7 +56,7 @@ def main(
 ) -> None:
     setup_logging(log_file)
     _fast_blas()
-    from blogtune.evaluation import EvalSettings, evaluate_model_pair, read_training_settings
+    from blogtune.evaluate.losses import EvalSettings, evaluate_model_pair, read_training_settings
 
     trained = read_training_settings(adapters)
     settings = {k: v for k, v in settings.items() if v is not None}

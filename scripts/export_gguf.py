@@ -9,7 +9,7 @@ from blogtune.logs import setup_logging, snakemake_log
 
 def main(model_dir, gguf, outtype="f16", name=None, log_file=None):
     setup_logging(log_file)
-    from blogtune.gguf_export import export_gguf
+    from blogtune.export.gguf import export_gguf
 
     report = export_gguf(Path(model_dir), Path(gguf), outtype=outtype, name=name)
     logging.getLogger("export_gguf").info(

@@ -3,9 +3,9 @@
 import argparse
 from pathlib import Path
 
-from blogtune.formatting import format_splits
 from blogtune.io_utils import atomic_write_json
 from blogtune.logs import setup_logging, snakemake_log
+from blogtune.model.formatting import format_splits
 
 SPLITS = ("train", "valid", "test")
 

@@ -11,7 +11,7 @@ def main(model_dir, adapters, out_dir, log_file=None):
     from blogtune.blas import use_fast_blas
 
     use_fast_blas()
-    from blogtune.fusing import fuse_adapters
+    from blogtune.train.fuse import fuse_adapters
 
     fuse_adapters(Path(model_dir), Path(adapters), Path(out_dir))
 

@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from blogtune.base_model import import_gguf_to_hf
 from blogtune.logs import setup_logging, snakemake_log
+from blogtune.model.base_model import import_gguf_to_hf
 
 
 def main(gguf: str, out_dir: str, log_file: str | None = None) -> None:

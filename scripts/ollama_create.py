@@ -24,9 +24,9 @@ def main(
 ):
     setup_logging(log_file)
     log = logging.getLogger("ollama_create")
-    from blogtune.chat_format import load_family
+    from blogtune.export.ollama import OllamaUnavailable, SmokeTestError, deploy
     from blogtune.io_utils import atomic_write_json
-    from blogtune.ollama_deploy import OllamaUnavailable, SmokeTestError, deploy
+    from blogtune.model.chat_format import load_family
 
     family = load_family(Path(model_dir), template_override=template)
     try:

@@ -15,10 +15,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Snakemake sets _
 
 import pandas as pd  # noqa: E402
 
-from blogtune import plots  # noqa: E402
-from blogtune import report_pages as pages  # noqa: E402
 from blogtune.io_utils import atomic_write_json, atomic_write_text, read_jsonl  # noqa: E402
 from blogtune.logs import setup_logging, snakemake_log  # noqa: E402
+from blogtune.report import (
+    pages,  # noqa: E402
+    plots,  # noqa: E402
+)
 
 log = logging.getLogger("blogtune.report_assets")
 

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Snakemake sets _
 
 import pandas as pd  # noqa: E402
 
+from blogtune.data.splitting import SPLITS, assign_splits, cross_split_duplicates, split_stats  # noqa: E402
 from blogtune.io_utils import atomic_open, atomic_write_jsonl, read_jsonl  # noqa: E402
-from blogtune.splitting import SPLITS, assign_splits, cross_split_duplicates, split_stats  # noqa: E402
 
 log = logging.getLogger("blogtune.split")
 

@@ -33,7 +33,7 @@ def main(
 
     blas.setup_mlx_cpu(threads)  # before mlx is imported anywhere
     from blogtune.io_utils import atomic_write_json
-    from blogtune.training import TrainingInterrupted, TrainSettings, train
+    from blogtune.train.loop import TrainingInterrupted, TrainSettings, train
 
     ts = TrainSettings.from_dict(settings)
     data_dir = Path(train_file).parent

@@ -20,9 +20,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from blogtune import plots
-from blogtune import report_pages as pages
 from blogtune.io_utils import atomic_write_jsonl
+from blogtune.report import pages, plots
 
 REPO = Path(__file__).resolve().parents[1]
 EVIL = "<script>alert('x')</script>"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from blogtune.posts import (
+from blogtune.data.posts import (
     Article,
     Reject,
     article_id_for,
@@ -256,7 +256,7 @@ def test_load_articles_strips_boilerplate(tmp_path: Path):
 
 
 def test_load_articles_survives_a_crashing_post(blog: Path, monkeypatch):
-    import blogtune.posts as posts
+    import blogtune.data.posts as posts
 
     real = posts.read_post
 

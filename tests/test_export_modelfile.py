@@ -14,14 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blogtune.chat_format import detect_family
-from blogtune.modelfile import (
+from blogtune.export.modelfile import (
     ModelfileError,
     build_modelfile,
     ollama_parameters,
     quote_value,
     write_modelfile,
 )
+from blogtune.model.chat_format import detect_family
 
 _SPACE = " \t"
 _NEWLINE = "\r\n"

@@ -22,16 +22,16 @@ import gguf
 import numpy as np
 import pytest
 
-from blogtune.gguf_export import (
+from blogtune.export.gguf import (
     SUPPORTED_ARCHITECTURES,
     ExportError,
     UnsupportedArchitectureError,
     check_exportable,
     export_gguf,
 )
-from blogtune.gguf_export.architectures import llama3_rope_factors, permute_rows
-from blogtune.gguf_export.quantize import tensor_type
-from blogtune.gguf_export.vocab import JsonTokenizer, chkhsh, chktxt, detect_pre, load_vocab
+from blogtune.export.gguf.architectures import llama3_rope_factors, permute_rows
+from blogtune.export.gguf.quantize import tensor_type
+from blogtune.export.gguf.vocab import JsonTokenizer, chkhsh, chktxt, detect_pre, load_vocab
 
 torch = pytest.importorskip("torch")
 
@@ -321,7 +321,7 @@ def test_tokenizer_keys_match_the_real_llama_cpp_file(smollm2_tok_dir, smollm2_t
     """The embedded SmolLM2 GGUF was written by llama.cpp: our tokenizer keys must equal its keys."""
     from transformers.integrations.gguf.reader import read_gguf_metadata
 
-    from blogtune.base_model import embedded_gguf_path
+    from blogtune.model.base_model import embedded_gguf_path
 
     ref, _ = read_gguf_metadata(str(embedded_gguf_path()), ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"))
     vocab = load_vocab(smollm2_tok_dir, len(smollm2_tokenizer_obj), "llama", tokenizer=smollm2_tokenizer_obj)
@@ -604,7 +604,7 @@ def test_chkhsh_of_embedded_tokenizer(smollm2_tokenizer_obj):
 
 def test_chunked_writing_is_byte_identical(arch_model, monkeypatch, tmp_path):
     """Blocks of a few rows (whole heads for q/k) give the same file as whole tensors."""
-    import blogtune.gguf_export.writer as writer
+    import blogtune.export.gguf.writer as writer
 
     folder, _, _ = arch_model("llama")
     export_gguf(folder, tmp_path / "whole.gguf", "q8_0", pre_tokenizer="smollm")

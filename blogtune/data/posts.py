@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from blogtune.chunking import (
+from blogtune.data.chunking import (
     clean_markdown,
     find_boilerplate,
     meta_date,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from blogtune.chat_format import detect_family
-from blogtune.ollama_deploy import OllamaUnavailable, check_server, deploy, smoke_check
+from blogtune.export.ollama import OllamaUnavailable, check_server, deploy, smoke_check
+from blogtune.model.chat_format import detect_family
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blogtune.chunking import (
+from blogtune.data.chunking import (
     CLOSE,
     CODE,
     OPEN,

@@ -502,7 +502,7 @@ def evaluate_model_pair(
     from mlx_lm import load
     from mlx_lm.tuner.utils import load_adapters
 
-    from blogtune.training import rope_overrides
+    from blogtune.train.loop import rope_overrides
 
     started = time.time()
     data = {name: _load_split(split_files.get(name)) for name in ("train", "valid", "test")}

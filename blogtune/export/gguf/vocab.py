@@ -26,7 +26,7 @@ from typing import Any
 import gguf
 from gguf import TokenType
 
-from blogtune.gguf_export.architectures import ExportError
+from blogtune.export.gguf.architectures import ExportError
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,13 @@ class VocabExport:
 @lru_cache(maxsize=1)
 def chktxt() -> str:
     """llama.cpp's probe string, byte-exact (kept as a data file; one changed byte changes every hash)."""
-    data = resources.files("blogtune.gguf_export").joinpath("data/chktxt.txt").read_bytes()
+    data = resources.files("blogtune.export.gguf").joinpath("data/chktxt.txt").read_bytes()
     return data.decode("utf-8")
 
 
 @lru_cache(maxsize=1)
 def pre_hash_table() -> dict[str, str]:
-    raw = resources.files("blogtune.gguf_export").joinpath("data/pre_hashes.json").read_text(encoding="utf-8")
+    raw = resources.files("blogtune.export.gguf").joinpath("data/pre_hashes.json").read_text(encoding="utf-8")
     return {h: entry["pre"] for h, entry in json.loads(raw)["hashes"].items()}
 
 

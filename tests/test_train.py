@@ -19,7 +19,7 @@ from blogtune import blas
 
 blas.setup_mlx_cpu()  # before mlx is imported by anything in this module
 
-from blogtune.training import (  # noqa: E402
+from blogtune.train.loop import (  # noqa: E402
     LOSS_COLUMNS,
     MemoryError_,
     TrainingInterrupted,
@@ -188,7 +188,7 @@ def test_frozen_prefix_cache_changes_nothing(mlx_tiny, data_dir, tmp_path, monke
     """Layers below the trained ones are frozen: caching their output per sample is exact."""
     import mlx.core as mx
 
-    from blogtune import training
+    from blogtune.train import loop as training
 
     settings = TrainSettings(iters=8, **{**FAST, "num_layers": 1})  # 2 epochs: epoch 2 uses the cache
     cached = train(mlx_tiny, data_dir, tmp_path / "a", settings)
@@ -293,7 +293,7 @@ def test_changed_settings_start_fresh(mlx_tiny, data_dir, tmp_path, caplog):
         train(mlx_tiny, data_dir, tmp_path / "a", settings, resume_dir=resume, on_step=_interrupt_at(3))
     assert (resume / "checkpoint" / "state.json").is_file()
     changed = TrainSettings(iters=6, **{**FAST, "learning_rate": 1e-3})
-    with caplog.at_level(logging.INFO, logger="blogtune.training"):
+    with caplog.at_level(logging.INFO, logger="blogtune.train.loop"):
         result = train(mlx_tiny, data_dir, tmp_path / "a", changed, resume_dir=resume)
     assert result.resumed_from_step == 0 and len(result.step_stats) == 6
     assert "starting fresh" in caplog.text
@@ -346,7 +346,7 @@ def test_cpu_attention_and_loss_match_mlx():
     import mlx.core as mx
     import mlx.nn as nn
 
-    from blogtune.training import _make_cross_entropy, cpu_attention
+    from blogtune.train.loop import _make_cross_entropy, cpu_attention
 
     for t in (5, 130, 300):
         q, k, v = (

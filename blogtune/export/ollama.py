@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from blogtune.chat_format import ChatFamily
-from blogtune.modelfile import effective_system, ollama_parameters
+from blogtune.export.modelfile import effective_system, ollama_parameters
+from blogtune.model.chat_format import ChatFamily
 
 log = logging.getLogger(__name__)
 

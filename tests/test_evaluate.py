@@ -17,7 +17,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from blogtune import evaluation as ev
+from blogtune.evaluate import losses as ev
 from blogtune.io_utils import atomic_write_jsonl
 
 WORDS = "postgres index vacuum table query planner btree lock wal replica checkpoint".split()

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blogtune.splitting import (
+from blogtune.data.splitting import (
     DUPLICATE_COLUMNS,
     SPLITS,
     assign_splits,

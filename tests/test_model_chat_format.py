@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from blogtune.chat_format import ChatFormatError, detect_family, generation_eos_ids, load_family
+from blogtune.model.chat_format import ChatFormatError, detect_family, generation_eos_ids, load_family
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is VACUUM?"}],

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from blogtune.chat_format import ChatFamily
 from blogtune.io_utils import atomic_write_text
+from blogtune.model.chat_format import ChatFamily
 
 log = logging.getLogger(__name__)
 

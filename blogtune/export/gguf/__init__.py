@@ -6,14 +6,14 @@ Public API:
     export_gguf(model_dir, out_path, outtype="f16", name=None) -> ExportReport
 """
 
-from blogtune.gguf_export.architectures import (
+from blogtune.export.gguf.architectures import (
     SUPPORTED_ARCHITECTURES,
     ExportError,
     UnsupportedArchitectureError,
     check_exportable,
 )
-from blogtune.gguf_export.quantize import OUTTYPES
-from blogtune.gguf_export.writer import ExportReport, export_gguf
+from blogtune.export.gguf.quantize import OUTTYPES
+from blogtune.export.gguf.writer import ExportReport, export_gguf
 
 __all__ = [
     "OUTTYPES",

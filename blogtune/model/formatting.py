@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from blogtune.chunking import chunk_article
+from blogtune.data.chunking import chunk_article
 from blogtune.io_utils import atomic_write_jsonl, read_jsonl
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from blogtune.formatting import (
+from blogtune.model.formatting import (
     DEFAULT_PROMPTS,
     FormatError,
     format_split,
@@ -85,7 +85,7 @@ LONG_CODE = "```sql\nselect " + ", ".join(f"col_{i}" for i in range(300)) + " fr
 def test_over_long_chunks_are_cut_to_fit_and_renumbered(tmp_path, smollm2_tokenizer_obj):
     """A chunk longer than max_seq_length tokens is cut into pieces that fit; all of its text is
     kept (pieces joined give it back), every sample ends at end-of-turn, parts are renumbered."""
-    from blogtune.formatting import chat_sample, check_sample
+    from blogtune.model.formatting import chat_sample, check_sample
 
     long_chunk = chunk(text=LONG_ZH, title="VACUUM 原理", heading=("原理",), part=1, parts=2)
     tail = chunk(text="Short closing words.", part=2, parts=2)
@@ -123,7 +123,7 @@ def test_without_a_limit_nothing_is_cut(tmp_path, smollm2_tokenizer_obj):
 
 
 def test_merge_heading_paths():
-    from blogtune.formatting import merge_heading_paths
+    from blogtune.model.formatting import merge_heading_paths
 
     assert merge_heading_paths(["A", "B"], ["B", "C"]) == ["A", "B", "C"]
     assert merge_heading_paths(["A", "B"], []) == ["A", "B"]
@@ -132,7 +132,7 @@ def test_merge_heading_paths():
 
 
 def test_no_cutting_when_pieces_would_be_mostly_prompt(tmp_path, smollm2_tokenizer_obj):
-    from blogtune.formatting import FIT_MARGIN, chat_sample, check_sample
+    from blogtune.model.formatting import FIT_MARGIN, chat_sample, check_sample
 
     prompt_only = check_sample(chat_sample(chunk(text=""), DEFAULT_PROMPTS, None), smollm2_tokenizer_obj, "chat")[0]
     limit = prompt_only + FIT_MARGIN + 5  # room for 5 tokens of text per piece: not worth cutting

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from blogtune.model_prep import ConvertPlan, convert_to_mlx, mlx_rope_keys, plan_conversion
+from blogtune.model.convert import ConvertPlan, convert_to_mlx, mlx_rope_keys, plan_conversion
 
 
 def test_rope_keys_lifted_only_when_missing():

@@ -534,8 +534,8 @@ def _make_optimizer(settings: TrainSettings, total_updates: int):
 
 
 def rope_overrides(model_dir: Path) -> dict:
-    """Safety net for an MLX folder converted before blogtune lifted rope keys (blogtune.model_prep)."""
-    from blogtune.model_prep import mlx_rope_keys
+    """Safety net for an MLX folder converted before blogtune lifted rope keys (blogtune.model.convert)."""
+    from blogtune.model.convert import mlx_rope_keys
 
     try:
         cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))

@@ -21,7 +21,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
-from blogtune.gguf_export.architectures import (
+from blogtune.export.gguf.architectures import (
     ExportError,
     TensorPlan,
     apply_transform,
@@ -30,9 +30,9 @@ from blogtune.gguf_export.architectures import (
     spec_for,
     text_config,
 )
-from blogtune.gguf_export.quantize import FILE_TYPES, convert, nbytes, parse_outtype, tensor_type
-from blogtune.gguf_export.safetensors_io import TensorRef, index_model
-from blogtune.gguf_export.vocab import add_to_writer, load_vocab
+from blogtune.export.gguf.quantize import FILE_TYPES, convert, nbytes, parse_outtype, tensor_type
+from blogtune.export.gguf.safetensors_io import TensorRef, index_model
+from blogtune.export.gguf.vocab import add_to_writer, load_vocab
 from blogtune.io_utils import atomic_path
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""blogtune.export"""
