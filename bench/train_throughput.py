@@ -9,14 +9,14 @@ Both sides train the same base model (the embedded SmolLM2-135M-Instruct: import
 HF folder and converted to MLX float32 by the workflow's own `import_base`/`convert` rules), on
 the same formatted data (the workflow's `format` output for sample_blog/, or --data DIR with
 train.jsonl), with the same LoRA layers/rank/alpha (PEFT lora_alpha = scale x rank)/targets, Adam
-at a constant LR, the same batches in the same order (blogtune.train.loop.plan_batches) and the same
+at a constant LR, the same batches in the same order (blogtune.train.batches.plan_batches) and the same
 truncation. Each run is a fresh subprocess, alternating MLX, torch, MLX, torch...; warm-up steps
 are excluded; the figure per framework is the median over runs of scored (non-padding,
 non-prompt) tokens / second of training steps. Also printed: peak RSS per framework and the mean
 training loss over the last 5 steps of each (it fails loudly if they disagree by > 10%).
 
-MLX runs `blogtune.train.loop.train` itself (length-aware micro-batches, scored-token-only output
-layer, CPU attention, streams, mx.compile); torch runs a plain HF + PEFT loop
+MLX runs `blogtune.train.train` itself (length-aware micro-batches, scored-token-only output
+layer, CPU attention, mx.compile); torch runs a plain HF + PEFT loop
 (model(input_ids, labels=...), loss.backward(), Adam.step()), right-padded batches, causal SDPA.
 --device gpu: mlx CUDA backend vs torch CUDA, when both are present.
 """
@@ -64,7 +64,7 @@ def worker_mlx(cfg: dict) -> dict:
 
     if cfg["device"] == "gpu":
         mx.set_default_device(mx.gpu)
-    from blogtune.train.loop import TrainSettings, train
+    from blogtune.train import TrainSettings, train
 
     settings = TrainSettings(
         num_layers=cfg["num_layers"],
@@ -98,7 +98,7 @@ def worker_torch(cfg: dict) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from blogtune.train.loop import encode_split, plan_batches
+    from blogtune.train.batches import encode_split, plan_batches
 
     torch.manual_seed(cfg["seed"])
     device = "cuda" if cfg["device"] == "gpu" else "cpu"

@@ -112,7 +112,7 @@ def setup_mlx_cpu(threads: int | None = None, jit_flags: bool = True, tune_mallo
     _state["threads"] = int(os.environ["OPENBLAS_NUM_THREADS"])
     if tune_malloc and not _state["malloc"]:
         _state["malloc"] = _tune_malloc()
-    if jit_flags and _state["jit_flags"] is None and os.environ.get("BLOGTUNE_MLX_JIT_FLAGS", "1") != "0":
+    if jit_flags and _state["jit_flags"] is None:
         _state["jit_flags"] = _install_jit_shim()
     if _state["openblas"] is None:
         path = find_openblas()
@@ -133,7 +133,7 @@ def setup_mlx_cpu(threads: int | None = None, jit_flags: bool = True, tune_mallo
 
 
 def set_blas_threads(n: int) -> None:
-    """Change OpenBLAS's thread count at runtime (e.g. 1 per MLX stream when running streams in parallel)."""
+    """Change OpenBLAS's thread count at runtime."""
     handle = _state["handle"]
     if handle is None:
         return

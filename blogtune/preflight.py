@@ -126,7 +126,7 @@ def check_memory(model_config: dict | None, config: dict) -> None:
     if model_config is None:
         return
     from blogtune.model.convert import accelerator, plan_conversion
-    from blogtune.train.loop import MemoryError_, TrainSettings, check_fits, estimate_memory
+    from blogtune.train import MemoryError_, TrainSettings, check_fits, estimate_memory
 
     m = config["model"]
     plan = plan_conversion(m["quantize"], m["bits"], m["group_size"], m["dtype"], accelerator())

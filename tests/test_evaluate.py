@@ -17,7 +17,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from blogtune.evaluate import generation as gen
 from blogtune.evaluate import losses as ev
+from blogtune.evaluate import pair
 from blogtune.io_utils import atomic_write_jsonl
 
 WORDS = "postgres index vacuum table query planner btree lock wal replica checkpoint".split()
@@ -253,27 +255,27 @@ def test_training_settings_come_from_adapter_config(adapters, tmp_path):
 
 
 def test_heldout_prompts_reuse_the_training_wording(splits):
-    prompts = ev.heldout_prompts(splits["test"], 2)
+    prompts = gen.heldout_prompts(splits["test"], 2)
     assert [p.article_id for p in prompts] == ["2024/t1", "2024/t2"]  # one per article first
     first = prompts[0]
     assert first.user == splits["test"][0]["messages"][1]["content"]
     assert first.messages == splits["test"][0]["messages"][:2]  # system + user, no answer
     assert first.reference == splits["test"][0]["messages"][2]["content"]
-    assert len(ev.heldout_prompts(splits["test"], 5)) == 3 and ev.heldout_prompts(splits["test"], 0) == []
-    system = ev.system_message(splits["test"])
-    (cfg,) = ev.config_prompts(["What is WAL?"], system, chat=True)
+    assert len(gen.heldout_prompts(splits["test"], 5)) == 3 and gen.heldout_prompts(splits["test"], 0) == []
+    system = gen.system_message(splits["test"])
+    (cfg,) = gen.config_prompts(["What is WAL?"], system, chat=True)
     assert cfg.messages == [system, {"role": "user", "content": "What is WAL?"}]
-    text = ev.heldout_prompts([{"text": "# Title\n\nBody text", "article_id": "x"}], 1)[0]
+    text = gen.heldout_prompts([{"text": "# Title\n\nBody text", "article_id": "x"}], 1)[0]
     assert text.text == "# Title\n\n" and text.reference == "Body text"
 
 
 def test_template_tokens_are_found_as_text_and_as_ids(loaded):
     _, tokenizer = loaded
-    specials = ev.template_token_texts(tokenizer)
+    specials = gen.template_token_texts(tokenizer)
     assert specials[1] == "<|im_start|>" and specials[2] == "<|im_end|>" and specials[0] == "<|endoftext|>"
-    assert ev.find_template_tokens("plain answer <b>bold</b>", [10_000], specials) == []
-    assert ev.find_template_tokens("hi <|im_start|>user", [], specials) == ["<|im_start|>"]
-    assert ev.find_template_tokens("", [0], specials) == ["<|endoftext|>"]
+    assert gen.find_template_tokens("plain answer <b>bold</b>", [10_000], specials) == []
+    assert gen.find_template_tokens("hi <|im_start|>user", [], specials) == ["<|im_start|>"]
+    assert gen.find_template_tokens("", [0], specials) == ["<|endoftext|>"]
 
 
 def test_answer_that_hits_the_limit(loaded):
@@ -281,7 +283,7 @@ def test_answer_that_hits_the_limit(loaded):
     tokens = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], add_generation_prompt=True, return_dict=False
     )
-    a = ev.generate_answer(model, tokenizer, tokens, max_tokens=5, temperature=0.0, top_p=1.0, seed=0)
+    a = gen.generate_answer(model, tokenizer, tokens, max_tokens=5, temperature=0.0, top_p=1.0, seed=0)
     assert a.finish == "length" and a.hit_limit and a.tokens == 5 and a.stop_token is None
 
 
@@ -300,7 +302,7 @@ def test_answer_that_stops_on_a_stop_token(loaded):
     saved = set(tokenizer.eos_token_ids)
     tokenizer.eos_token_ids = saved | {sampled[stop_at]}  # pretend this token ends the turn
     try:
-        a = ev.generate_answer(model, tokenizer, tokens, max_tokens=20, temperature=1.0, top_p=1.0, seed=5)
+        a = gen.generate_answer(model, tokenizer, tokens, max_tokens=20, temperature=1.0, top_p=1.0, seed=5)
     finally:
         tokenizer.eos_token_ids = saved
     assert a.finish == "stop" and not a.hit_limit and a.tokens == stop_at
@@ -316,7 +318,7 @@ def test_answer_with_raw_template_tokens_is_flagged(mlx_model):
     tokens = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], add_generation_prompt=True, return_dict=False
     )
-    a = ev.generate_answer(model, tokenizer, tokens, max_tokens=4, temperature=0.0, top_p=1.0, seed=0)
+    a = gen.generate_answer(model, tokenizer, tokens, max_tokens=4, temperature=0.0, top_p=1.0, seed=0)
     assert a.template_tokens == ["<|endoftext|>"] and "<|endoftext|>" in a.text and a.hit_limit
 
 
@@ -324,9 +326,9 @@ def test_seeded_sampling_is_identical_across_calls(loaded):
     model, tokenizer = loaded
     tokens = tokenizer.encode("Once upon a time")
     runs = [
-        ev.generate_answer(model, tokenizer, tokens, 8, temperature=1.0, top_p=0.9, seed=7) for _ in range(2)
+        gen.generate_answer(model, tokenizer, tokens, 8, temperature=1.0, top_p=0.9, seed=7) for _ in range(2)
     ]
-    other = ev.generate_answer(model, tokenizer, tokens, 8, temperature=1.0, top_p=0.9, seed=8)
+    other = gen.generate_answer(model, tokenizer, tokens, 8, temperature=1.0, top_p=0.9, seed=8)
     assert runs[0].text == runs[1].text and runs[0].tokens == 8
     assert other.text != runs[0].text
 
@@ -344,7 +346,7 @@ def test_evaluate_model_pair(mlx_model, adapters, data_dir, splits):
         prompts=["What is <b>VACUUM</b>?"],
         max_tokens=6,
     )
-    result = ev.evaluate_model_pair(
+    result = pair.evaluate_model_pair(
         mlx_model, adapters, {s: data_dir / f"{s}.jsonl" for s in splits}, settings
     )
     m = result.metrics
@@ -377,6 +379,6 @@ def test_empty_test_split_is_reported_not_fatal(mlx_model, adapters, data_dir, t
     empty.write_text("")
     settings = ev.EvalSettings(mask_prompt=True, train_sample_articles=0, max_tokens=2)
     files = {"train": data_dir / "train.jsonl", "valid": data_dir / "valid.jsonl", "test": empty}
-    m = ev.evaluate_model_pair(mlx_model, adapters, files, settings).metrics
+    m = pair.evaluate_model_pair(mlx_model, adapters, files, settings).metrics
     assert m["splits"]["test"]["samples"] == 0 and m["splits"]["test"]["base"]["loss"] is None
     assert m["splits"]["train_sample"]["samples"] == 0 and m["generation"]["base"]["answers"] == 0

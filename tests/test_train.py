@@ -19,19 +19,17 @@ from blogtune import blas
 
 blas.setup_mlx_cpu()  # before mlx is imported by anything in this module
 
-from blogtune.train.loop import (  # noqa: E402
+from blogtune.train import (  # noqa: E402
     LOSS_COLUMNS,
     MemoryError_,
     TrainingInterrupted,
     TrainSettings,
     check_fits,
-    collate,
-    encode_split,
     estimate_memory,
     iters_for,
-    plan_batches,
     train,
 )
+from blogtune.train.batches import collate, encode_split, plan_batches  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(
@@ -184,38 +182,18 @@ def test_dora_and_full(kind, mlx_tiny, data_dir, tmp_path):
     assert model(mx.array([[1, 2, 3]])).shape[-1] > 0
 
 
-def test_frozen_prefix_cache_changes_nothing(mlx_tiny, data_dir, tmp_path, monkeypatch):
+def test_frozen_prefix_cache_changes_nothing(mlx_tiny, data_dir, tmp_path):
     """Layers below the trained ones are frozen: caching their output per sample is exact."""
     import mlx.core as mx
 
-    from blogtune.train import loop as training
-
     settings = TrainSettings(iters=8, **{**FAST, "num_layers": 1})  # 2 epochs: epoch 2 uses the cache
     cached = train(mlx_tiny, data_dir, tmp_path / "a", settings)
-    monkeypatch.setattr(training, "PREFIX_CACHE", False)
-    plain = train(mlx_tiny, data_dir, tmp_path / "b", settings)
+    plain = train(mlx_tiny, data_dir, tmp_path / "b", TrainSettings(**{**settings.to_dict(), "prefix_cache": False}))
     a = mx.load(str(tmp_path / "a" / "adapters.safetensors"))
     b = mx.load(str(tmp_path / "b" / "adapters.safetensors"))
     for k in a:
         assert mx.allclose(a[k], b[k], atol=1e-5, rtol=1e-4).item(), k
     assert cached.final_valid_loss == pytest.approx(plain.final_valid_loss, abs=1e-4)
-
-
-def test_batch_split_over_two_streams_trains_the_same(mlx_tiny, data_dir, tmp_path, monkeypatch):
-    """BLOGTUNE_MLX_STREAMS=2 (the benchmark knob) splits each batch into micro-batches on two CPU
-    streams; the loss is summed over scored tokens either way, so the adapters must agree."""
-    import mlx.core as mx
-
-    settings = TrainSettings(iters=4, **FAST)
-    monkeypatch.setenv("BLOGTUNE_MLX_STREAMS", "1")
-    one = train(mlx_tiny, data_dir, tmp_path / "one", settings, threads=2)
-    monkeypatch.setenv("BLOGTUNE_MLX_STREAMS", "2")
-    two = train(mlx_tiny, data_dir, tmp_path / "two", settings, threads=2)
-    a = mx.load(str(tmp_path / "one" / "adapters.safetensors"))
-    b = mx.load(str(tmp_path / "two" / "adapters.safetensors"))
-    for k in a:
-        assert mx.allclose(a[k], b[k], atol=1e-5, rtol=1e-4).item(), k
-    assert one.final_valid_loss == pytest.approx(two.final_valid_loss, abs=1e-4)
 
 
 def test_epochs_become_iters(mlx_tiny, data_dir, tmp_path):
@@ -293,7 +271,7 @@ def test_changed_settings_start_fresh(mlx_tiny, data_dir, tmp_path, caplog):
         train(mlx_tiny, data_dir, tmp_path / "a", settings, resume_dir=resume, on_step=_interrupt_at(3))
     assert (resume / "checkpoint" / "state.json").is_file()
     changed = TrainSettings(iters=6, **{**FAST, "learning_rate": 1e-3})
-    with caplog.at_level(logging.INFO, logger="blogtune.train.loop"):
+    with caplog.at_level(logging.INFO, logger="blogtune.train"):
         result = train(mlx_tiny, data_dir, tmp_path / "a", changed, resume_dir=resume)
     assert result.resumed_from_step == 0 and len(result.step_stats) == 6
     assert "starting fresh" in caplog.text
@@ -308,6 +286,46 @@ def test_settings_from_dict_rejects_unknown_keys():
         TrainSettings.from_dict({"lerning_rate": 1e-4})
     with pytest.raises(ValueError, match="fine_tune_type"):
         TrainSettings.from_dict({"fine_tune_type": "qlora"})
+
+
+def test_settings_defaults_and_bounds_come_from_the_schema():
+    from blogtune.schema import section_defaults, section_schema
+
+    defaults = section_defaults("train")
+    assert {k: getattr(TrainSettings(), k) for k in defaults} == defaults
+    config_keys = set(section_schema("train")["properties"])
+    assert {f for f in TrainSettings().to_dict() if f != "compile"} == config_keys
+    top = section_schema("train")["properties"]["dropout"]["maximum"]
+    TrainSettings(dropout=top).validate()
+    with pytest.raises(ValueError, match="train.dropout"):
+        TrainSettings(dropout=top + 0.01).validate()
+    for key in ("num_layers", "val_batches"):  # 0 means nothing: neither -1 (all) nor a count
+        with pytest.raises(ValueError, match=f"train.{key}"):
+            TrainSettings(**{key: 0}).validate()
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
+def test_lr_schedule_warms_up_from_the_first_update_unlike_mlx_lm(kind):
+    """Ours: lr * (s + 1) / warmup during warmup, then the decay. mlx-lm's build_schedule starts
+    at lr 0 and joins one step later; if it ever matches ours, use it instead (make_schedule)."""
+    import mlx.core as mx
+    from mlx_lm.tuner.utils import build_schedule
+
+    from blogtune.train.loop import make_schedule
+
+    lr, lo, warm, total = 1e-3, 1e-5, 4, 20
+    settings = TrainSettings(learning_rate=lr, min_learning_rate=lo, warmup_steps=warm, lr_schedule=kind)
+    ours = [make_schedule(settings, total)(mx.array(s)).item() for s in range(total + 1)]
+    assert ours[:warm] == pytest.approx([lr * (s + 1) / warm for s in range(warm)], rel=1e-4)
+    assert ours[warm] == pytest.approx(lr, rel=1e-4)
+    assert ours[total] == pytest.approx(lr if kind == "constant" else lo, rel=1e-3)
+    if kind != "constant":
+        name = {"cosine": "cosine_decay", "linear": "linear_schedule"}[kind]
+        args = [lr, total - warm, lo] if kind == "cosine" else [lr, lo, total - warm]
+        theirs = build_schedule({"name": name, "arguments": args, "warmup": warm})
+        mlx_lm = [theirs(mx.array(s)).item() for s in range(total + 1)]
+        assert mlx_lm[0] == 0.0 and ours[0] > 0
+        assert mlx_lm[warm + 1] == pytest.approx(lr, rel=1e-4) and ours[warm + 1] < lr
 
 
 def test_batches_group_lengths_and_are_deterministic():
@@ -346,7 +364,7 @@ def test_cpu_attention_and_loss_match_mlx():
     import mlx.core as mx
     import mlx.nn as nn
 
-    from blogtune.train.loop import _make_cross_entropy, cpu_attention
+    from blogtune.train.kernels import cpu_attention, make_cross_entropy
 
     for t in (5, 130, 300):
         q, k, v = (
@@ -356,7 +374,7 @@ def test_cpu_attention_and_loss_match_mlx():
         )
         ref = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask="causal")
         assert mx.allclose(cpu_attention(q, k, v, None, 0.25, "causal"), ref, atol=1e-5).item()
-    ce = _make_cross_entropy()
+    ce = make_cross_entropy()
     logits, targets = mx.random.normal((7, 50)) * 3, mx.array([1, 2, 3, 4, 5, 6, 49])
     assert mx.allclose(ce(logits, targets), nn.losses.cross_entropy(logits, targets), atol=1e-5).item()
     g1 = mx.grad(lambda x: (ce(x, targets) * mx.arange(7)).sum())(logits)

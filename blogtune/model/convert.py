@@ -109,3 +109,15 @@ def lift_rope_parameters(config_path: Path) -> dict:
         log.info("config.json: adding top-level %s for mlx-lm", ", ".join(f"{k}={v}" for k, v in extra.items()))
         Path(config_path).write_text(json.dumps({**cfg, **extra}, indent=4) + "\n", encoding="utf-8")
     return extra
+
+
+def rope_overrides(model_dir: Path) -> dict:
+    """Safety net for an MLX folder converted before blogtune lifted rope keys: `model_config=` for mlx_lm.load."""
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    out = mlx_rope_keys(cfg)
+    if out:
+        log.warning("%s/config.json lacks a top-level rope_theta; using %s", model_dir, out["rope_theta"])
+    return out

@@ -4,6 +4,9 @@ Snakemake shows each HTML result in an iframe, so every page is a complete littl
 inline CSS and no scripts. Every string that comes from posts, config or model output goes
 through `esc` (html.escape): a post titled `<script>` or a model that answers with markup must
 show up as text, never run.
+
+Over 400 lines on purpose: one small function per report page, all sharing `esc` and the page
+shell; splitting them by page would scatter that one escaping rule.
 """
 
 from __future__ import annotations

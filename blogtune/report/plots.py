@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from blogtune.io_utils import atomic_open  # noqa: E402
-from blogtune.train.loop import LOSS_COLUMNS  # noqa: E402
+from blogtune.train import LOSS_COLUMNS  # noqa: E402
 
 log = logging.getLogger(__name__)
 
