@@ -4,21 +4,22 @@
 
 rule chunk:
     input:
+        # The blog root (article ids are paths below it); ancient: its mtime never reruns chunk.
+        blog_dir=ancient(str(BLOG_DIR)),
         posts=POSTS,
     output:
         chunks=data_path("chunks.jsonl"),
         articles=data_path("articles.tsv"),
         rejects=data_path("rejects.tsv"),
-    params:
-        blog_dir=str(BLOG_DIR),
-        max_chars=config["chunk"]["max_chars"],
-        boilerplate_min_fraction=config["chunk"]["boilerplate_min_fraction"],
-        max_post_bytes=config["blog"]["max_post_bytes"],
-        index_missing=PLAN.index_missing,
     log:
         "logs/chunk/chunk.log",
     conda:
         "../envs/blogtune.yaml"
+    params:
+        max_chars=config["chunk"]["max_chars"],
+        boilerplate_min_fraction=config["chunk"]["boilerplate_min_fraction"],
+        max_post_bytes=config["blog"]["max_post_bytes"],
+        index_missing=PLAN.index_missing,
     script:
         "../scripts/chunk.py"
 
@@ -32,12 +33,12 @@ rule split:
         test=data_path("split/test.jsonl"),
         stats=data_path("split/stats.tsv"),
         duplicates=data_path("split/duplicates.tsv"),
-    params:
-        fractions=config["split"]["fractions"],
-        salt=config["split"]["salt"],
     log:
         "logs/split/split.log",
     conda:
         "../envs/blogtune.yaml"
+    params:
+        fractions=config["split"]["fractions"],
+        salt=config["split"]["salt"],
     script:
         "../scripts/split.py"

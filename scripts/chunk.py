@@ -1,43 +1,27 @@
 """Rule `chunk`: blog posts -> chunks.jsonl, articles.tsv, rejects.tsv.
 
-Run by Snakemake (`script:`), or by hand for debugging:
-    python scripts/chunk.py --blog-dir sample_blog --out-dir /tmp/chunk
+Run by Snakemake (`script:`), or by hand: `python scripts/chunk.py` runs the job Snakemake would
+(inputs, outputs and params from config.yaml, via blogtune.standalone).
 """
 
 # No `from __future__` here: Snakemake prepends its preamble to script files.
-import argparse
 import logging
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Snakemake sets __file__ to this file
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from blogtune.data.chunking import chunk_article  # noqa: E402
-from blogtune.data.posts import DEFAULT_MAX_BYTES, Reject, discover_posts, load_articles  # noqa: E402
-from blogtune.io_utils import atomic_open, atomic_write_jsonl  # noqa: E402
+from blogtune.data.chunking import chunk_article
+from blogtune.data.posts import DEFAULT_MAX_BYTES, Reject, load_articles
+from blogtune.io_utils import atomic_open, atomic_write_jsonl
+from blogtune.logs import setup_logging, snakemake_log
 
 log = logging.getLogger("blogtune.chunk")
 
 ARTICLE_COLUMNS = ["article_id", "path", "title", "date", "sha256", "chars", "chunks"]
 REJECT_COLUMNS = ["path", "reason"]
-
-
-def setup_logging(log_file: str | None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w", encoding="utf-8"))
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
-        force=True,
-    )
 
 
 def write_tsv(path: str | Path, table: pd.DataFrame) -> None:
@@ -95,55 +79,25 @@ def run(
         log.warning("only %d usable article(s); see %s", len(articles), rejects_out)
 
 
-def main_from_snakemake(smk) -> None:
-    setup_logging(smk.log[0] if smk.log else None)
-    p = smk.params
+def main(snakemake) -> None:
+    setup_logging(snakemake_log(snakemake))
+    p = snakemake.params
     run(
-        posts=list(smk.input.posts),
-        blog_dir=p.blog_dir,
-        chunks_out=smk.output.chunks,
-        articles_out=smk.output.articles,
-        rejects_out=smk.output.rejects,
+        posts=list(snakemake.input.posts),
+        blog_dir=snakemake.input.blog_dir,
+        chunks_out=snakemake.output.chunks,
+        articles_out=snakemake.output.articles,
+        rejects_out=snakemake.output.rejects,
         max_chars=int(p.max_chars),
         boilerplate_min_fraction=p.boilerplate_min_fraction,
         max_post_bytes=int(p.max_post_bytes),
-        index_missing=list(getattr(p, "index_missing", None) or []),
-    )
-
-
-def cli(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--blog-dir", required=True, type=Path)
-    ap.add_argument("posts", nargs="*", type=Path, help="post files (default: all .md files in --blog-dir)")
-    ap.add_argument("--pattern", default="**/*.md")
-    ap.add_argument("--exclude", nargs="*", default=["README.md"])
-    ap.add_argument(
-        "--out-dir",
-        type=Path,
-        default=Path("results/data"),
-        help="writes chunks.jsonl, articles.tsv, rejects.tsv here",
-    )
-    ap.add_argument("--max-chars", type=int, default=1024)
-    ap.add_argument("--boilerplate-min-fraction", type=float, default=0.5)
-    ap.add_argument("--max-post-bytes", type=int, default=DEFAULT_MAX_BYTES)
-    ap.add_argument("--log", default=None)
-    args = ap.parse_args(argv)
-    setup_logging(args.log)
-    posts = args.posts or discover_posts(args.blog_dir, args.pattern, args.exclude)
-    run(
-        posts,
-        args.blog_dir,
-        args.out_dir / "chunks.jsonl",
-        args.out_dir / "articles.tsv",
-        args.out_dir / "rejects.tsv",
-        args.max_chars,
-        args.boilerplate_min_fraction,
-        args.max_post_bytes,
+        index_missing=list(p.index_missing or []),
     )
 
 
 if __name__ == "__main__":
-    if "snakemake" in globals():
-        main_from_snakemake(snakemake)  # noqa: F821
-    else:
-        cli()
+    if "snakemake" not in globals():  # run by hand: the same job Snakemake would run, from config.yaml
+        from blogtune.standalone import mock_snakemake
+
+        snakemake = mock_snakemake("chunk")
+    main(snakemake)  # noqa: F821

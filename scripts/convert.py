@@ -1,6 +1,5 @@
 """Rule convert: base model (HF folder or repo id) -> MLX model, quantized per config."""
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -8,24 +7,22 @@ from blogtune.logs import setup_logging, snakemake_log
 from blogtune.model.convert import accelerator, convert_to_mlx, plan_conversion
 
 
-def main(source, out_dir, quantize="auto", bits=4, group_size=64, dtype="auto", trust_remote_code=False, log_file=None):
+def run(source, out_dir, quantize, bits, group_size, dtype, trust_remote_code=False, log_file=None) -> None:
     setup_logging(log_file)
     plan = plan_conversion(quantize, bits, group_size, dtype, accelerator())
     logging.getLogger("convert").info("plan: %s", plan.describe())
     convert_to_mlx(source, Path(out_dir), plan, trust_remote_code=trust_remote_code)
 
 
-if "snakemake" in globals():
-    p = snakemake.params  # noqa: F821
-    main(p.source, snakemake.output.model, p.quantize, p.bits, p.group_size, p.dtype,  # noqa: F821
-         p.trust_remote_code, snakemake_log(snakemake))  # noqa: F821
-elif __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("source")
-    ap.add_argument("out_dir")
-    ap.add_argument("--quantize", default="auto", type=lambda s: s if s == "auto" else s.lower() == "true")
-    ap.add_argument("--bits", type=int, default=4)
-    ap.add_argument("--group-size", type=int, default=64)
-    ap.add_argument("--dtype", default="auto")
-    a = ap.parse_args()
-    main(a.source, a.out_dir, a.quantize, a.bits, a.group_size, a.dtype)
+def main(snakemake) -> None:
+    p = snakemake.params
+    run(p.source, snakemake.output.model, p.quantize, p.bits, p.group_size, p.dtype, p.trust_remote_code,
+        snakemake_log(snakemake))
+
+
+if __name__ == "__main__":
+    if "snakemake" not in globals():  # run by hand: the same job Snakemake would run, from config.yaml
+        from blogtune.standalone import mock_snakemake
+
+        snakemake = mock_snakemake("convert")
+    main(snakemake)  # noqa: F821

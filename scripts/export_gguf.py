@@ -1,13 +1,12 @@
 """Rule export_gguf: fused HF folder -> one GGUF file (pure Python, streamed tensor by tensor)."""
 
-import argparse
 import logging
 from pathlib import Path
 
 from blogtune.logs import setup_logging, snakemake_log
 
 
-def main(model_dir, gguf, outtype="f16", name=None, log_file=None):
+def run(model_dir, gguf, outtype, name=None, log_file=None) -> None:
     setup_logging(log_file)
     from blogtune.export.gguf import export_gguf
 
@@ -24,14 +23,14 @@ def main(model_dir, gguf, outtype="f16", name=None, log_file=None):
     )
 
 
-if "snakemake" in globals():
-    smk = snakemake  # noqa: F821
-    main(smk.input.model, smk.output.gguf, smk.params.outtype, smk.params.name, snakemake_log(smk))
-elif __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("model_dir", help="HF-format folder (config.json, *.safetensors, tokenizer files)")
-    ap.add_argument("gguf", help="output .gguf path")
-    ap.add_argument("--outtype", default="f16", help="f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1")
-    ap.add_argument("--name", default=None, help="general.name written into the file")
-    a = ap.parse_args()
-    main(a.model_dir, a.gguf, a.outtype, a.name)
+def main(snakemake) -> None:
+    run(snakemake.input.model, snakemake.output.gguf, snakemake.params.outtype, snakemake.params.name,
+        snakemake_log(snakemake))
+
+
+if __name__ == "__main__":
+    if "snakemake" not in globals():  # run by hand: the same job Snakemake would run, from config.yaml
+        from blogtune.standalone import mock_snakemake
+
+        snakemake = mock_snakemake("export_gguf")
+    main(snakemake)  # noqa: F821

@@ -1,6 +1,5 @@
 """Rule format: split chunks -> mlx-lm training samples in the base model's chat format."""
 
-import argparse
 from pathlib import Path
 
 from blogtune.io_utils import atomic_write_json
@@ -10,8 +9,8 @@ from blogtune.model.formatting import format_splits
 SPLITS = ("train", "valid", "test")
 
 
-def main(split_files, out_files, model_dir, stats_path, style="chat", prompts=None, system_prompt=None,
-         max_seq_length=None, log_file=None):
+def run(split_files, out_files, model_dir, stats_path, style, prompts=None, system_prompt=None,
+        max_seq_length=None, log_file=None) -> None:
     setup_logging(log_file)
     from transformers import AutoTokenizer
 
@@ -23,27 +22,24 @@ def main(split_files, out_files, model_dir, stats_path, style="chat", prompts=No
     )
 
 
-if "snakemake" in globals():
-    smk = snakemake  # noqa: F821
-    main(
-        {s: Path(smk.input[s]) for s in SPLITS},
-        {s: Path(smk.output[s]) for s in SPLITS},
-        smk.input.model,
-        smk.output.stats,
-        smk.params.style,
-        smk.params.prompts,
-        smk.params.system_prompt,
-        smk.params.max_seq_length,
-        snakemake_log(smk),
+def main(snakemake) -> None:
+    p = snakemake.params
+    run(
+        {s: Path(snakemake.input[s]) for s in SPLITS},
+        {s: Path(snakemake.output[s]) for s in SPLITS},
+        snakemake.input.model,
+        snakemake.output.stats,
+        p.style,
+        p.prompts,
+        p.system_prompt,
+        p.max_seq_length,
+        snakemake_log(snakemake),
     )
-elif __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("split_dir", type=Path, help="folder with train/valid/test.jsonl chunks")
-    ap.add_argument("model_dir", help="base model folder (for its tokenizer)")
-    ap.add_argument("out_dir", type=Path)
-    ap.add_argument("--style", default="chat", choices=["chat", "text"])
-    ap.add_argument("--system-prompt")
-    ap.add_argument("--max-seq-length", type=int, help="cut chunks whose samples are longer")
-    a = ap.parse_args()
-    main({s: a.split_dir / f"{s}.jsonl" for s in SPLITS}, {s: a.out_dir / f"{s}.jsonl" for s in SPLITS},
-         a.model_dir, a.out_dir / "format_stats.json", a.style, None, a.system_prompt, a.max_seq_length)
+
+
+if __name__ == "__main__":
+    if "snakemake" not in globals():  # run by hand: the same job Snakemake would run, from config.yaml
+        from blogtune.standalone import mock_snakemake
+
+        snakemake = mock_snakemake("format")
+    main(snakemake)  # noqa: F821

@@ -1,12 +1,11 @@
 """Rule fuse: base MLX model + LoRA adapters -> de-quantized fused model with its tokenizer."""
 
-import argparse
 from pathlib import Path
 
 from blogtune.logs import setup_logging, snakemake_log
 
 
-def main(model_dir, adapters, out_dir, log_file=None):
+def run(model_dir, adapters, out_dir, log_file=None) -> None:
     setup_logging(log_file)
     from blogtune.blas import use_fast_blas
 
@@ -16,13 +15,13 @@ def main(model_dir, adapters, out_dir, log_file=None):
     fuse_adapters(Path(model_dir), Path(adapters), Path(out_dir))
 
 
-if "snakemake" in globals():
-    smk = snakemake  # noqa: F821
-    main(smk.input.model, smk.input.adapters, smk.output.model, snakemake_log(smk))
-elif __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("model_dir")
-    ap.add_argument("adapters")
-    ap.add_argument("out_dir")
-    a = ap.parse_args()
-    main(a.model_dir, a.adapters, a.out_dir)
+def main(snakemake) -> None:
+    run(snakemake.input.model, snakemake.input.adapters, snakemake.output.model, snakemake_log(snakemake))
+
+
+if __name__ == "__main__":
+    if "snakemake" not in globals():  # run by hand: the same job Snakemake would run, from config.yaml
+        from blogtune.standalone import mock_snakemake
+
+        snakemake = mock_snakemake("fuse")
+    main(snakemake)  # noqa: F821

@@ -1,13 +1,11 @@
 """Rule modelfile: Ollama Modelfile next to the GGUF (template and stops from the model's tokenizer)."""
 
-import argparse
-import json
 from pathlib import Path
 
 from blogtune.logs import setup_logging, snakemake_log
 
 
-def main(gguf, model_dir, modelfile, system=None, parameters=None, template=None, log_file=None):
+def run(gguf, model_dir, modelfile, system=None, parameters=None, template=None, log_file=None) -> None:
     setup_logging(log_file)
     from blogtune.export.modelfile import write_modelfile
     from blogtune.model.chat_format import load_family
@@ -25,24 +23,15 @@ def main(gguf, model_dir, modelfile, system=None, parameters=None, template=None
     )
 
 
-if "snakemake" in globals():
-    smk = snakemake  # noqa: F821
-    main(
-        smk.input.gguf,
-        smk.input.model,
-        smk.output.modelfile,
-        smk.params.system,
-        smk.params.parameters,
-        smk.params.template,
-        snakemake_log(smk),
-    )
-elif __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("gguf")
-    ap.add_argument("model_dir", help="HF folder whose tokenizer defines the chat template")
-    ap.add_argument("modelfile", help="output path (FROM is relative to it: keep it beside the GGUF)")
-    ap.add_argument("--system", default=None)
-    ap.add_argument("--parameters", default="{}", help='JSON object, e.g. {"temperature": 0.7}')
-    ap.add_argument("--template", default=None, help="Ollama Go template overriding the derived one")
-    a = ap.parse_args()
-    main(a.gguf, a.model_dir, a.modelfile, a.system, json.loads(a.parameters), a.template)
+def main(snakemake) -> None:
+    p = snakemake.params
+    run(snakemake.input.gguf, snakemake.input.model, snakemake.output.modelfile, p.system, p.parameters,
+        p.template, snakemake_log(snakemake))
+
+
+if __name__ == "__main__":
+    if "snakemake" not in globals():  # run by hand: the same job Snakemake would run, from config.yaml
+        from blogtune.standalone import mock_snakemake
+
+        snakemake = mock_snakemake("modelfile")
+    main(snakemake)  # noqa: F821

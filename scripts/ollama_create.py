@@ -1,6 +1,5 @@
 """Rule ollama: create the model in a running Ollama server and smoke-test one chat; JSON result."""
 
-import argparse
 import json
 import logging
 import sys
@@ -9,7 +8,7 @@ from pathlib import Path
 from blogtune.logs import setup_logging, snakemake_log
 
 
-def main(
+def run(
     gguf,
     model_dir,
     result_json,
@@ -52,42 +51,15 @@ def main(
     atomic_write_json(result_json, data)
 
 
-if "snakemake" in globals():
-    smk = snakemake  # noqa: F821
-    main(
-        smk.input.gguf,
-        smk.input.model,
-        smk.output.result,
-        smk.params.host,
-        smk.params.model_name,
-        smk.params.smoke_prompt,
-        smk.params.system,
-        smk.params.parameters,
-        smk.params.template,
-        log_file=snakemake_log(smk),
-    )
-elif __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("gguf")
-    ap.add_argument("model_dir", help="HF folder whose tokenizer defines the chat template")
-    ap.add_argument("result_json")
-    ap.add_argument("--host", default="http://127.0.0.1:11434")
-    ap.add_argument("--name", required=True, help="Ollama model name")
-    ap.add_argument("--smoke-prompt", default="Hello! Who are you?")
-    ap.add_argument("--system", default=None)
-    ap.add_argument("--parameters", default="{}", help="JSON object")
-    ap.add_argument("--template", default=None)
-    ap.add_argument("--max-tokens", type=int, default=256)
-    a = ap.parse_args()
-    main(
-        a.gguf,
-        a.model_dir,
-        a.result_json,
-        a.host,
-        a.name,
-        a.smoke_prompt,
-        a.system,
-        json.loads(a.parameters),
-        a.template,
-        a.max_tokens,
-    )
+def main(snakemake) -> None:
+    p = snakemake.params
+    run(snakemake.input.gguf, snakemake.input.model, snakemake.output.result, p.host, p.model_name,
+        p.smoke_prompt, p.system, p.parameters, p.template, log_file=snakemake_log(snakemake))
+
+
+if __name__ == "__main__":
+    if "snakemake" not in globals():  # run by hand: the same job Snakemake would run, from config.yaml
+        from blogtune.standalone import mock_snakemake
+
+        snakemake = mock_snakemake("ollama")
+    main(snakemake)  # noqa: F821

@@ -1,26 +1,19 @@
 """Rule report_assets: plots, HTML tables and metrics.json for `snakemake --report`.
 
-Run by Snakemake (`script:`), or by hand for debugging:
-    python scripts/report_assets.py results results/<model> --out-dir /tmp/report
+Run by Snakemake (`script:`), or by hand: `python scripts/report_assets.py` runs the job Snakemake would
+(inputs, outputs and params from config.yaml, via blogtune.standalone).
 """
 
 # No `from __future__` here: Snakemake prepends its preamble to script files.
-import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Snakemake sets __file__ to this file
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from blogtune.io_utils import atomic_write_json, atomic_write_text, read_jsonl  # noqa: E402
-from blogtune.logs import setup_logging, snakemake_log  # noqa: E402
-from blogtune.report import (
-    pages,  # noqa: E402
-    plots,  # noqa: E402
-)
+from blogtune.io_utils import atomic_write_json, atomic_write_text, read_jsonl
+from blogtune.logs import setup_logging, snakemake_log
+from blogtune.report import pages, plots
 
 log = logging.getLogger("blogtune.report_assets")
 
@@ -45,7 +38,7 @@ def _read_json(path) -> dict:
     return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
 
 
-def main(inputs: dict, outputs: dict, params: dict, log_file=None) -> None:
+def run(inputs: dict, outputs: dict, params: dict, log_file=None) -> None:
     setup_logging(log_file)
     articles = _read_tsv(inputs["articles"])
     rejects = _read_tsv(inputs["rejects"])
@@ -115,48 +108,19 @@ INPUT_KEYS = (
     *ARTEFACT_NAMES,
 )
 
-if "snakemake" in globals():
-    smk = snakemake  # noqa: F821
-    main(
-        {k: smk.input.get(k) for k in INPUT_KEYS},
-        {k: smk.output[k] for k in (*HTML_OUTPUTS, *PNG_OUTPUTS, "metrics")},
-        dict(smk.params.items()),
-        snakemake_log(smk),
+
+def main(snakemake) -> None:
+    run(
+        {k: snakemake.input.get(k) for k in INPUT_KEYS},
+        {k: snakemake.output[k] for k in (*HTML_OUTPUTS, *PNG_OUTPUTS, "metrics")},
+        dict(snakemake.params.items()),
+        snakemake_log(snakemake),
     )
-elif __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("results", type=Path, help="the results/ folder (with data/)")
-    ap.add_argument("model_results", type=Path, help="results/<model> (with train/, eval/, mlx_base/)")
-    ap.add_argument("--out-dir", type=Path, default=Path("report_assets"))
-    ap.add_argument("--max-chars", type=int, default=None)
-    a = ap.parse_args()
-    d, m = a.results / "data", a.model_results
-    main(
-        {
-            "chunks": d / "chunks.jsonl",
-            "articles": d / "articles.tsv",
-            "rejects": d / "rejects.tsv",
-            "split_stats": d / "split/stats.tsv",
-            "duplicates": d / "split/duplicates.tsv",
-            "loss_csv": m / "train/loss.csv",
-            "train_summary": m / "train/summary.json",
-            "eval_metrics": m / "eval/eval_metrics.json",
-            "per_article": m / "eval/per_article.tsv",
-            "generations": m / "eval/generations.jsonl",
-            "mlx_base": m / "mlx_base",
-            "adapters": m / "train/adapters",
-            "fused": m / "fused",
-        },
-        {
-            **{k: a.out_dir / f"{k}.html" for k in HTML_OUTPUTS},
-            **{k: a.out_dir / f"{k.removesuffix('_plot')}.png" for k in PNG_OUTPUTS},
-            "metrics": a.out_dir / "metrics.json",
-        },
-        {
-            "max_chars": a.max_chars,
-            "base_model": "?",
-            "model_slug": m.name,
-            "data_hash": "?",
-            "config_hash": "?",
-        },
-    )
+
+
+if __name__ == "__main__":
+    if "snakemake" not in globals():  # run by hand: the same job Snakemake would run, from config.yaml
+        from blogtune.standalone import mock_snakemake
+
+        snakemake = mock_snakemake("report_assets")
+    main(snakemake)  # noqa: F821

@@ -1,37 +1,21 @@
 """Rule `split`: chunks.jsonl -> train/valid/test JSONL, split stats and cross-split duplicates.
 
-Run by Snakemake (`script:`), or by hand for debugging:
-    python scripts/split.py results/data/chunks.jsonl --out-dir /tmp/split
+Run by Snakemake (`script:`), or by hand: `python scripts/split.py` runs the job Snakemake would
+(inputs, outputs and params from config.yaml, via blogtune.standalone).
 """
 
 # No `from __future__` here: Snakemake prepends its preamble to script files.
-import argparse
 import logging
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Snakemake sets __file__ to this file
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from blogtune.data.splitting import SPLITS, assign_splits, cross_split_duplicates, split_stats  # noqa: E402
-from blogtune.io_utils import atomic_open, atomic_write_jsonl, read_jsonl  # noqa: E402
+from blogtune.data.splitting import SPLITS, assign_splits, cross_split_duplicates, split_stats
+from blogtune.io_utils import atomic_open, atomic_write_jsonl, read_jsonl
+from blogtune.logs import setup_logging, snakemake_log
 
 log = logging.getLogger("blogtune.split")
-
-
-def setup_logging(log_file: str | None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w", encoding="utf-8"))
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
-        force=True,
-    )
 
 
 def run(
@@ -70,54 +54,21 @@ def run(
     return stats
 
 
-def main_from_snakemake(smk) -> None:
-    setup_logging(smk.log[0] if smk.log else None)
+def main(snakemake) -> None:
+    setup_logging(snakemake_log(snakemake))
     run(
-        chunks_in=smk.input.chunks,
-        outputs={s: smk.output[s] for s in SPLITS},
-        stats_out=smk.output.stats,
-        duplicates_out=smk.output.duplicates,
-        fractions=dict(smk.params.fractions),
-        salt=str(smk.params.salt or ""),
-    )
-
-
-def _fractions(text: str) -> dict[str, float]:
-    pairs = (item.split("=", 1) for item in text.split(",") if item.strip())
-    return {k.strip(): float(v) for k, v in pairs}
-
-
-def cli(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("chunks", type=Path)
-    ap.add_argument(
-        "--out-dir",
-        type=Path,
-        default=Path("results/data"),
-        help="writes train/valid/test.jsonl, split_stats.tsv, duplicates.tsv here",
-    )
-    ap.add_argument(
-        "--fractions",
-        type=_fractions,
-        default={"train": 0.8, "valid": 0.1, "test": 0.1},
-        help="e.g. train=0.8,valid=0.1,test=0.1",
-    )
-    ap.add_argument("--salt", default="")
-    ap.add_argument("--log", default=None)
-    args = ap.parse_args(argv)
-    setup_logging(args.log)
-    run(
-        args.chunks,
-        {s: args.out_dir / f"{s}.jsonl" for s in SPLITS},
-        args.out_dir / "split_stats.tsv",
-        args.out_dir / "duplicates.tsv",
-        args.fractions,
-        args.salt,
+        chunks_in=snakemake.input.chunks,
+        outputs={s: snakemake.output[s] for s in SPLITS},
+        stats_out=snakemake.output.stats,
+        duplicates_out=snakemake.output.duplicates,
+        fractions=dict(snakemake.params.fractions),
+        salt=str(snakemake.params.salt or ""),
     )
 
 
 if __name__ == "__main__":
-    if "snakemake" in globals():
-        main_from_snakemake(snakemake)  # noqa: F821
-    else:
-        cli()
+    if "snakemake" not in globals():  # run by hand: the same job Snakemake would run, from config.yaml
+        from blogtune.standalone import mock_snakemake
+
+        snakemake = mock_snakemake("split")
+    main(snakemake)  # noqa: F821

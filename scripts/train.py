@@ -1,12 +1,10 @@
 """Rule train: MLX base model + formatted data -> LoRA/DoRA/full adapters, loss curve, summary.
 
-Standalone:  python scripts/train.py MODEL_DIR DATA_DIR OUT_DIR [--settings settings.json]
-             [--set key=value ...] [--resume-dir DIR] [--threads N]
+Standalone: `python scripts/train.py` runs the job `snakemake train` would (config.yaml's settings).
 An interrupted run (SIGTERM/SIGINT) checkpoints into the resume dir and exits 128+signal;
 rerunning the same job continues from there.
 """
 
-import argparse
 import json
 import logging
 import sys
@@ -17,7 +15,7 @@ from blogtune.logs import setup_logging, snakemake_log
 log = logging.getLogger("train")
 
 
-def main(
+def run(
     model_dir,
     train_file,
     out_dir,
@@ -33,7 +31,7 @@ def main(
 
     blas.setup_mlx_cpu(threads)  # before mlx is imported anywhere
     from blogtune.io_utils import atomic_write_json
-    from blogtune.train.loop import TrainingInterrupted, TrainSettings, train
+    from blogtune.train import TrainingInterrupted, TrainSettings, train
 
     ts = TrainSettings.from_dict(settings)
     data_dir = Path(train_file).parent
@@ -51,52 +49,23 @@ def main(
     return 0
 
 
-if "snakemake" in globals():
-    smk = snakemake  # noqa: F821
-    sys.exit(
-        main(
-            smk.input.model,
-            smk.input.train,
-            smk.output.adapters,
-            smk.output.loss_csv,
-            smk.output.summary,
-            dict(smk.params.settings),
-            smk.params.get("resume_dir"),
-            smk.threads,
-            snakemake_log(smk),
-        )
+def main(snakemake) -> int:
+    return run(
+        snakemake.input.model,
+        snakemake.input.train,
+        snakemake.output.adapters,
+        snakemake.output.loss_csv,
+        snakemake.output.summary,
+        dict(snakemake.params.settings),
+        snakemake.params.get("resume_dir"),
+        snakemake.threads,
+        snakemake_log(snakemake),
     )
-elif __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model_dir")
-    ap.add_argument("data_dir", help="folder with train.jsonl and valid.jsonl")
-    ap.add_argument("out_dir", help="adapters folder to write")
-    ap.add_argument("--settings", help="JSON file of train settings")
-    ap.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting (JSON value)"
-    )
-    ap.add_argument("--loss-csv")
-    ap.add_argument("--summary")
-    ap.add_argument("--resume-dir")
-    ap.add_argument("--threads", type=int)
-    a = ap.parse_args()
-    values = json.loads(Path(a.settings).read_text()) if a.settings else {}
-    for item in a.set:
-        key, _, raw = item.partition("=")
-        try:
-            values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw
-    out = Path(a.out_dir)
-    sys.exit(
-        main(
-            a.model_dir,
-            Path(a.data_dir) / "train.jsonl",
-            out,
-            a.loss_csv or out.parent / "loss.csv",
-            a.summary or out.parent / "summary.json",
-            values,
-            a.resume_dir,
-            a.threads,
-        )
-    )
+
+
+if __name__ == "__main__":
+    if "snakemake" not in globals():  # run by hand: the same job Snakemake would run, from config.yaml
+        from blogtune.standalone import mock_snakemake
+
+        snakemake = mock_snakemake("train")
+    sys.exit(main(snakemake))  # noqa: F821

@@ -222,34 +222,39 @@ def test_any_value_round_trips_or_raises(value):
     assert dict(cmds)["system"] == value
 
 
-def test_scripts_export_and_modelfile_cli(tiny_llama, tmp_path):
-    """scripts/export_gguf.py and scripts/modelfile.py as a user runs them standalone."""
+def test_scripts_export_and_modelfile_standalone(tiny_llama, tmp_path):
+    """scripts/export_gguf.py and scripts/modelfile.py run by hand: the job config.yaml describes."""
+    import os
+    import shutil
     import subprocess
     import sys
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
-    gguf_path = tmp_path / "gguf" / "blog.gguf"
+    from blogtune.testing import REPO, write_config
 
-    def run(*args):
-        return subprocess.run([sys.executable, *args], cwd=repo, capture_output=True, text=True, timeout=300)
-
-    proc = run(
-        "scripts/export_gguf.py", str(tiny_llama), str(gguf_path), "--outtype", "q8_0", "--name", "blog"
+    write_config(
+        tmp_path,
+        {
+            "blog": {"dir": str(REPO / "sample_blog")},
+            "export": {"gguf_type": "q8_0", "name": "blog"},
+            "system_prompt": "I am the blog.",
+            "modelfile": {"parameters": {"temperature": 0.7, "num_ctx": 2048}},
+        },
     )
+    shutil.copytree(tiny_llama, tmp_path / "results/smollm2-135m-instruct/fused")  # what `fuse` writes
+    gguf_path = tmp_path / "results/smollm2-135m-instruct/gguf/blog.gguf"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def run(script):
+        return subprocess.run(
+            [sys.executable, str(REPO / "scripts" / script)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )
+
+    proc = run("export_gguf.py")
     assert proc.returncode == 0, proc.stderr
     assert gguf_path.stat().st_size > 0 and "pre-tokenizer smollm" in proc.stderr
-    modelfile = tmp_path / "gguf" / "Modelfile"
-    proc = run(
-        "scripts/modelfile.py",
-        str(gguf_path),
-        str(tiny_llama),
-        str(modelfile),
-        "--parameters",
-        '{"temperature": 0.7, "num_ctx": 2048}',
-        "--system",
-        "I am the blog.",
-    )
+    modelfile = gguf_path.parent / "Modelfile"
+    proc = run("modelfile.py")
     assert proc.returncode == 0, proc.stderr
     cmds = dict(parse_modelfile(modelfile.read_text(encoding="utf-8")))
     assert cmds["from"] == "./blog.gguf" and cmds["system"] == "I am the blog."

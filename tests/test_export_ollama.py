@@ -1,4 +1,4 @@
-"""ollama_deploy against a small fake Ollama HTTP server on 127.0.0.1 (and a closed port)."""
+"""blogtune.export.ollama against a small fake Ollama HTTP server on 127.0.0.1 (and a closed port)."""
 
 from __future__ import annotations
 
@@ -195,29 +195,31 @@ def test_unreachable_server_is_one_clear_line(chatml, gguf_file):
 
 
 def test_script_exits_cleanly_without_server(tiny_llama, gguf_file, tmp_path):
-    """scripts/ollama_create.py: no traceback, exit code 2, one error line naming the host."""
+    """scripts/ollama_create.py run by hand: no traceback, exit code 2, one error line naming the host."""
+    import os
+    import shutil
+
+    from blogtune.testing import write_config
+
     host = f"http://127.0.0.1:{closed_port()}"
+    work = tmp_path / "work"
+    write_config(work, {"blog": {"dir": str(REPO / "sample_blog")}, "ollama": {"host": host}})
+    results = work / "results/smollm2-135m-instruct"
+    shutil.copytree(tiny_llama, results / "fused")
+    (results / "gguf").mkdir(parents=True)
+    shutil.copy(gguf_file, results / "gguf/blogtune-smollm2-135m-instruct.gguf")
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "ollama_create.py"),
-            str(gguf_file),
-            str(tiny_llama),
-            str(tmp_path / "out.json"),
-            "--host",
-            host,
-            "--name",
-            "m",
-        ],
+        [sys.executable, str(REPO / "scripts" / "ollama_create.py")],
         capture_output=True,
         text=True,
-        cwd=REPO,
+        cwd=work,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         timeout=120,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert f"no Ollama server reachable at {host}" in proc.stderr
-    assert not (tmp_path / "out.json").exists()
+    assert not (results / "ollama/create.json").exists()
 
 
 def test_smoke_check_token_limit(chatml):
