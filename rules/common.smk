@@ -27,7 +27,8 @@ MODEL_SLUG = MODEL.slug
 
 def all_cores():
     """Threads for the heavy rules: every core given with --cores. Commands that run no job
-    (`--report`, `--lint`) give none; then any number will do, Snakemake caps it anyway."""
+    (`--report`, `--lint`) give none; then any number will do, Snakemake caps it anyway.
+    """
     try:
         return workflow.cores
     except WorkflowError:
@@ -70,12 +71,23 @@ def export_name():
 
 
 def _digest(obj):
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(
+        json.dumps(obj, sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
 
 
 def config_hash():
     """Hash of the settings that shape the fine-tuned model (not export/report settings)."""
-    keys = ("blog", "chunk", "split", "base_model", "model", "system_prompt", "format", "train")
+    keys = (
+        "blog",
+        "chunk",
+        "split",
+        "base_model",
+        "model",
+        "system_prompt",
+        "format",
+        "train",
+    )
     return _digest({k: config.get(k) for k in keys})
 
 

@@ -14,6 +14,14 @@ rule evaluate:
         metrics=model_path("eval/eval_metrics.json"),
         per_article=model_path("eval/per_article.tsv"),
         generations=model_path("eval/generations.jsonl"),
+    log:
+        log_path("evaluate"),
+    conda:
+        "../envs/blogtune.yaml"
+    threads: all_cores()
+    resources:
+        mem_mb=8000,
+        runtime=120,
     params:
         # Score exactly the tokens training scored.
         mask_prompt=config["train"]["mask_prompt"],
@@ -26,14 +34,6 @@ rule evaluate:
         seed=config["evaluate"]["seed"],
         heldout_prompts=config["evaluate"]["heldout_prompts"],
         train_sample_articles=config["evaluate"]["train_sample_articles"],
-    log:
-        log_path("evaluate"),
-    threads: all_cores()
-    resources:
-        mem_mb=8000,
-        runtime=120,
-    conda:
-        "../envs/blogtune.yaml"
     script:
         "../scripts/evaluate.py"
 
@@ -129,17 +129,17 @@ rule report_assets:
             caption="../report/metrics.rst",
             labels={"file": "metrics.json"},
         ),
+    log:
+        log_path("report_assets"),
+    conda:
+        "../envs/blogtune.yaml"
+    resources:
+        mem_mb=2000,
     params:
         base_model=config["base_model"],
         model_slug=MODEL_SLUG,
         data_hash=data_hash(),
         config_hash=config_hash(),
         max_chars=config["chunk"]["max_chars"],
-    log:
-        log_path("report_assets"),
-    resources:
-        mem_mb=2000,
-    conda:
-        "../envs/blogtune.yaml"
     script:
         "../scripts/report_assets.py"

@@ -6,15 +6,15 @@ rule export_gguf:
         model=rules.fuse.output.model,
     output:
         gguf=model_path(f"gguf/{export_name()}.gguf"),
+    log:
+        log_path("export_gguf"),
+    conda:
+        "../envs/blogtune.yaml"
+    resources:
+        mem_mb=4000,
     params:
         outtype=config["export"]["gguf_type"],
         name=export_name(),
-    log:
-        log_path("export_gguf"),
-    resources:
-        mem_mb=4000,
-    conda:
-        "../envs/blogtune.yaml"
     script:
         "../scripts/export_gguf.py"
 
@@ -25,14 +25,14 @@ rule modelfile:
         model=rules.fuse.output.model,
     output:
         modelfile=model_path("gguf/Modelfile"),
-    params:
-        system=config["system_prompt"],
-        parameters=config["modelfile"]["parameters"],
-        template=config["modelfile"]["template"],
     log:
         log_path("modelfile"),
     conda:
         "../envs/blogtune.yaml"
+    params:
+        system=config["system_prompt"],
+        parameters=config["modelfile"]["parameters"],
+        template=config["modelfile"]["template"],
     script:
         "../scripts/modelfile.py"
 
@@ -45,6 +45,10 @@ rule ollama:
         model=rules.fuse.output.model,
     output:
         result=model_path("ollama/create.json"),
+    log:
+        log_path("ollama"),
+    conda:
+        "../envs/blogtune.yaml"
     params:
         host=config["ollama"]["host"],
         model_name=export_name(),
@@ -52,9 +56,5 @@ rule ollama:
         system=config["system_prompt"],
         parameters=config["modelfile"]["parameters"],
         template=config["modelfile"]["template"],
-    log:
-        log_path("ollama"),
-    conda:
-        "../envs/blogtune.yaml"
     script:
         "../scripts/ollama_create.py"

@@ -9,10 +9,10 @@ rule import_base:
         model=directory(model_path("base_hf")),
     log:
         log_path("import_base"),
-    resources:
-        mem_mb=4000,
     conda:
         "../envs/blogtune.yaml"
+    resources:
+        mem_mb=4000,
     script:
         "../scripts/import_base.py"
 
@@ -22,6 +22,12 @@ rule convert:
         source=hf_model_input(),
     output:
         model=directory(model_path("mlx_base")),
+    log:
+        log_path("convert"),
+    conda:
+        "../envs/blogtune.yaml"
+    resources:
+        mem_mb=8000,
     params:
         source=hf_model_source,
         quantize=config["model"]["quantize"],
@@ -29,12 +35,6 @@ rule convert:
         group_size=config["model"]["group_size"],
         dtype=config["model"]["dtype"],
         trust_remote_code=config["trust_remote_code"],
-    log:
-        log_path("convert"),
-    resources:
-        mem_mb=8000,
-    conda:
-        "../envs/blogtune.yaml"
     script:
         "../scripts/convert.py"
 
@@ -50,14 +50,18 @@ rule format:
         valid=model_path("data/valid.jsonl"),
         test=model_path("data/test.jsonl"),
         stats=model_path("data/format_stats.json"),
-    params:
-        style=config["format"]["style"],
-        max_seq_length=config["train"]["max_seq_length"] if config["format"]["cut_to_fit"] else None,
-        prompts=config["format"].get("prompts"),
-        system_prompt=config["system_prompt"],
     log:
         log_path("format"),
     conda:
         "../envs/blogtune.yaml"
+    params:
+        style=config["format"]["style"],
+        max_seq_length=(
+            config["train"]["max_seq_length"]
+            if config["format"]["cut_to_fit"]
+            else None
+        ),
+        prompts=config["format"].get("prompts"),
+        system_prompt=config["system_prompt"],
     script:
         "../scripts/format.py"

@@ -10,18 +10,18 @@ rule train:
         adapters=directory(model_path("train/adapters")),
         loss_csv=model_path("train/loss.csv"),
         summary=model_path("train/summary.json"),
-    params:
-        settings=config["train"],
-        # Resume state lives outside the outputs: Snakemake deletes a failed job's outputs.
-        resume_dir=model_path("train/resume"),
     log:
         log_path("train"),
+    conda:
+        "../envs/blogtune.yaml"
     threads: all_cores()
     resources:
         mem_mb=8000,
         runtime=240,
-    conda:
-        "../envs/blogtune.yaml"
+    params:
+        settings=config["train"],
+        # Resume state lives outside the outputs: Snakemake deletes a failed job's outputs.
+        resume_dir=model_path("train/resume"),
     script:
         "../scripts/train.py"
 
@@ -34,9 +34,9 @@ rule fuse:
         model=directory(model_path("fused")),
     log:
         log_path("fuse"),
-    resources:
-        mem_mb=8000,
     conda:
         "../envs/blogtune.yaml"
+    resources:
+        mem_mb=8000,
     script:
         "../scripts/fuse.py"
