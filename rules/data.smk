@@ -9,10 +9,12 @@ rule chunk:
         chunks=data_path("chunks.jsonl"),
         articles=data_path("articles.tsv"),
         rejects=data_path("rejects.tsv"),
+        boilerplate=data_path("boilerplate.tsv"),
     params:
         blog_dir=str(BLOG_DIR),
         max_chars=config["chunk"]["max_chars"],
         boilerplate_min_fraction=config["chunk"]["boilerplate_min_fraction"],
+        boilerplate_min_posts=config["chunk"]["boilerplate_min_posts"],
         max_post_bytes=config["blog"]["max_post_bytes"],
         index_missing=PLAN.index_missing,
     log:
