@@ -11,6 +11,7 @@ rule chunk:
         chunks=data_path("chunks.jsonl"),
         articles=data_path("articles.tsv"),
         rejects=data_path("rejects.tsv"),
+        boilerplate=data_path("boilerplate.tsv"),
     log:
         "logs/chunk/chunk.log",
     conda:
@@ -18,6 +19,7 @@ rule chunk:
     params:
         max_chars=config["chunk"]["max_chars"],
         boilerplate_min_fraction=config["chunk"]["boilerplate_min_fraction"],
+        boilerplate_min_posts=config["chunk"]["boilerplate_min_posts"],
         max_post_bytes=config["blog"]["max_post_bytes"],
         index_missing=PLAN.index_missing,
     script:

@@ -1,4 +1,4 @@
-"""Rule `chunk`: blog posts -> chunks.jsonl, articles.tsv, rejects.tsv.
+"""Rule `chunk`: blog posts -> chunks.jsonl, articles.tsv, rejects.tsv, boilerplate.tsv.
 
 Run by Snakemake (`script:`), or by hand: `python scripts/chunk.py` runs the job Snakemake would
 (inputs, outputs and params from config.yaml, via blogtune.standalone).
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from blogtune.data.boilerplate import removal_table
 from blogtune.data.chunking import chunk_article
 from blogtune.data.posts import DEFAULT_MAX_BYTES, Reject, load_articles
 from blogtune.io_utils import atomic_open, atomic_write_jsonl
@@ -20,7 +21,8 @@ from blogtune.logs import setup_logging, snakemake_log
 
 log = logging.getLogger("blogtune.chunk")
 
-ARTICLE_COLUMNS = ["article_id", "path", "title", "date", "sha256", "chars", "chunks"]
+ARTICLE_COLUMNS = ["article_id", "path", "title", "date", "sha256", "chars", "chunks", "lang", "whitespace_saved"]
+BOILERPLATE_COLUMNS = ["kind", "posts", "lines", "text"]  # what was removed, from how many posts
 REJECT_COLUMNS = ["path", "reason"]
 
 
@@ -39,6 +41,8 @@ def run(
     boilerplate_min_fraction: float | None = 0.5,
     max_post_bytes: int = DEFAULT_MAX_BYTES,
     index_missing: Sequence[str] = (),
+    boilerplate_out: str | Path | None = None,
+    boilerplate_min_posts: int = 3,
 ) -> None:
     start = time.perf_counter()
     posts = list(posts)
@@ -47,6 +51,7 @@ def run(
         Path(blog_dir),
         max_bytes=max_post_bytes,
         boilerplate_min_fraction=boilerplate_min_fraction,
+        boilerplate_min_posts=boilerplate_min_posts,
         progress=len(posts) > 200,
     )
     rejects += [Reject(m, "listed in index but missing", "index-missing") for m in index_missing]
@@ -54,18 +59,28 @@ def run(
     chunks = []
     rows = []
     for a in articles:  # sorted by article id, so chunks come sorted by (article_id, part)
-        pieces = chunk_article(a.article_id, a.title, a.text, max_chars)
+        pieces = chunk_article(a.article_id, a.title, a.text, max_chars, lang=a.lang)
         chunks.extend(pieces)
-        rows.append([a.article_id, a.path, a.title, a.date or "", a.sha256, len(a.text), len(pieces)])
+        rows.append(
+            [a.article_id, a.path, a.title, a.date or "", a.sha256, len(a.text), len(pieces), a.lang, a.whitespace_saved]
+        )
 
     atomic_write_jsonl(chunks_out, (c.to_dict() for c in chunks))
     write_tsv(articles_out, pd.DataFrame(rows, columns=ARTICLE_COLUMNS))
     write_tsv(rejects_out, pd.DataFrame([[r.path, r.reason] for r in rejects], columns=REJECT_COLUMNS))
+    removed = removal_table(a.removed for a in articles)
+    if boilerplate_out:
+        # One row per block: its lines joined by a literal "\n", so the TSV stays one line a row.
+        rows = [(kind, n, lines, text.replace("\\", "\\\\").replace("\n", "\\n")) for kind, n, lines, text in removed]
+        write_tsv(boilerplate_out, pd.DataFrame(rows, columns=BOILERPLATE_COLUMNS))
+    for kind, n, lines, text in removed[:10]:
+        log.info("boilerplate %s (%d line(s)) removed from %d post(s): %s", kind, lines, n, text.replace("\n", " | ")[:120])
 
     by_kind = Counter(r.kind for r in rejects)
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(by_kind.items()))
     log.info(
-        "%d posts read: %d articles, %d rejected%s; %d chunks, %d characters (max_chars %d) in %.1f s",
+        "%d posts read: %d articles, %d rejected%s; %d chunks, %d characters (max_chars %d; %d chars of "
+        "whitespace and %d fence lines added to cut code blocks) in %.1f s",
         len(posts),
         len(articles),
         len(rejects),
@@ -73,6 +88,8 @@ def run(
         len(chunks),
         sum(len(c.text) for c in chunks),
         max_chars,
+        sum(a.whitespace_saved for a in articles),
+        sum(bool(c.added_head) + bool(c.added_tail) for c in chunks),
         time.perf_counter() - start,
     )
     if len(articles) < 2:
@@ -92,6 +109,8 @@ def main(snakemake) -> None:
         boilerplate_min_fraction=p.boilerplate_min_fraction,
         max_post_bytes=int(p.max_post_bytes),
         index_missing=list(p.index_missing or []),
+        boilerplate_out=snakemake.output.boilerplate,
+        boilerplate_min_posts=int(p.boilerplate_min_posts),
     )
 
 

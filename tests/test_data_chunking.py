@@ -8,83 +8,21 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from chunk_checks import check_chunks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blogtune.data.chunking import (
-    CLOSE,
-    CODE,
-    OPEN,
-    PROSE,
-    Chunk,
-    chunk_article,
-    classify_lines,
+from blogtune.data.boilerplate import find_boilerplate, strip_boilerplate
+from blogtune.data.chunking import chunk_article
+from blogtune.data.cleaning import (
     clean_markdown,
-    find_boilerplate,
-    heading_of,
     normalize_blank_lines,
     remove_html_comments,
     split_front_matter,
-    split_lines,
-    strip_boilerplate,
 )
+from blogtune.data.mdblocks import CLOSE, CODE, OPEN, PROSE, classify_lines, heading_of, split_lines
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-# ---------------------------------------------------------------------------- helpers
-def code_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) char offsets of each fenced block, fences included."""
-    lines = split_lines(text)
-    spans, pos, start = [], 0, None
-    for line, kind in zip(lines, classify_lines(lines), strict=True):
-        if kind == OPEN:
-            start = pos
-        pos += len(line)
-        if kind == CLOSE:
-            spans.append((start, pos))
-            start = None
-    if start is not None:
-        spans.append((start, pos))
-    return spans
-
-
-def code_line_offsets(text: str) -> set[int]:
-    lines = split_lines(text)
-    out, pos = set(), 0
-    for line, kind in zip(lines, classify_lines(lines), strict=True):
-        if kind != PROSE:
-            out.add(pos)
-        pos += len(line)
-    return out
-
-
-def check_chunks(text: str, chunks: list[Chunk], max_chars: int) -> None:
-    """Every promise chunk_article makes, checked on one result."""
-    if not text.strip():
-        assert chunks == []
-        return
-    assert "".join(c.text for c in chunks) == text
-    assert [c.part for c in chunks] == list(range(1, len(chunks) + 1))
-    assert all(c.parts == len(chunks) for c in chunks)
-    code_starts = code_line_offsets(text)
-    pos = 0
-    bounds = set()
-    for c in chunks:
-        assert c.text.strip(), "whitespace-only chunk"
-        if len(c.text) > max_chars and len(c.text.strip()) > max_chars:
-            # Only allowed for a single code line that is itself too long.
-            nonblank = [(i, line) for i, line in enumerate(split_lines(c.text)) if line.strip()]
-            assert len(nonblank) == 1, c.text
-            line_start = pos + sum(len(x) for x in split_lines(c.text)[: nonblank[0][0]])
-            assert line_start in code_starts
-            assert len(nonblank[0][1].rstrip("\n")) > max_chars // 2
-        pos += len(c.text)
-        bounds.add(pos)
-    bounds.discard(len(text))
-    for s, e in code_spans(text):
-        if e - s <= max_chars:
-            assert not any(s < b < e for b in bounds), "a code block that fits was cut"
 
 
 # ---------------------------------------------------------------------------- lines
@@ -289,6 +227,9 @@ def test_chunk_heading_paths_and_join():
         "part": 1,
         "parts": len(chunks),
         "text": chunks[0].text,
+        "lang": "default",
+        "added_head": 0,
+        "added_tail": 0,
     }
 
 
@@ -331,7 +272,7 @@ def test_single_long_code_line_may_exceed():
     text = f"```\n{long_line}\n```\n\nprose\n"
     chunks = chunk_article("x", "T", text, max_chars=100)
     check_chunks(text, chunks, 100)
-    assert any(c.text.strip() == long_line for c in chunks)
+    assert any(c.text.strip() == f"```\n{long_line}\n```" for c in chunks)  # kept with its fences
 
 
 def test_long_prose_line_split_at_sentences():
@@ -383,6 +324,15 @@ _LINES = st.one_of(
             "SELECT 1;",
             "中文句子，带标点。还有一句！",
             "a. b? c!",
+            "> ```sql",
+            "> quoted",
+            "- ```sh",
+            "  ```",
+            "===",
+            "| a | b |",
+            "|---|---|",
+            "<div>",
+            "1. item",
         ]
     ),
     st.text(alphabet=st.sampled_from("ab #`~\t 中文。，x\r-"), max_size=40),
@@ -443,7 +393,9 @@ def test_chunk_script_outputs(tmp_path):
     )
     rows = [json.loads(line) for line in (out / "chunks.jsonl").read_text().splitlines()]
     assert [(r["article_id"], r["part"]) for r in rows] == sorted((r["article_id"], r["part"]) for r in rows)
-    assert set(rows[0]) == {"article_id", "title", "heading_path", "part", "parts", "text"}
+    assert set(rows[0]) == {
+        "article_id", "title", "heading_path", "part", "parts", "text", "lang", "added_head", "added_tail"
+    }
     arts = pd.read_csv(out / "articles.tsv", sep="\t", keep_default_na=False)
     assert list(arts.columns) == chunk.ARTICLE_COLUMNS
     assert list(arts["article_id"]) == ["2024/a", "2024/b"]

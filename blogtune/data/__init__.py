@@ -2,23 +2,37 @@
 
 Public API:
     discover_posts, select_from_index, load_articles, Reject   which posts, read and checked (posts)
-    chunk_article                                               one post's text -> chunks (chunking)
+    clean_markdown, article_language                           one post's text, cleaned (cleaning)
+    remove_boilerplate, removal_table                          blocks repeated across posts (boilerplate)
+    chunk_article, join_chunks                                 one post's text -> chunks (chunking)
     SPLITS, assign_splits, cross_split_duplicates, split_stats  the stable split by article (splitting)
+
+Names load lazily (PEP 562), so reading a post never imports the chunker or markdown-it.
 """
 
-from blogtune.data.chunking import chunk_article
-from blogtune.data.posts import DEFAULT_MAX_BYTES, Reject, discover_posts, load_articles, select_from_index
-from blogtune.data.splitting import SPLITS, assign_splits, cross_split_duplicates, split_stats
+from importlib import import_module
 
-__all__ = [
-    "DEFAULT_MAX_BYTES",
-    "SPLITS",
-    "Reject",
-    "assign_splits",
-    "chunk_article",
-    "cross_split_duplicates",
-    "discover_posts",
-    "load_articles",
-    "select_from_index",
-    "split_stats",
-]
+_HOME = {
+    "DEFAULT_MAX_BYTES": "posts",
+    "Reject": "posts",
+    "discover_posts": "posts",
+    "load_articles": "posts",
+    "select_from_index": "posts",
+    "article_language": "cleaning",
+    "clean_markdown": "cleaning",
+    "remove_boilerplate": "boilerplate",
+    "removal_table": "boilerplate",
+    "chunk_article": "chunking",
+    "join_chunks": "chunking",
+    "SPLITS": "splitting",
+    "assign_splits": "splitting",
+    "cross_split_duplicates": "splitting",
+    "split_stats": "splitting",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module 'blogtune.data' has no attribute {name!r}")
+    return getattr(import_module(f"blogtune.data.{_HOME[name]}"), name)

@@ -1,52 +1,36 @@
-"""Clean one markdown post and cut it into chunks that follow its structure.
+"""Cut one cleaned markdown post into chunks that follow its block structure.
 
-The invariant everything here keeps: ``"".join(c.text for c in chunks) == text``; nothing is
-lost or duplicated, so a chunk's text is always a verbatim slice of the cleaned post.
+Blocks (headings, paragraphs, lists, tables, fenced and indented code, HTML) come from
+markdown-it-py via :mod:`blogtune.data.mdblocks`, by source line. A chunk is cut, strongest first,
+at headings (by level), between top-level blocks, between nested blocks (list items, quoted
+paragraphs), between lines, and (prose only) inside a line; pieces are packed greedily.
 
-Size rule (``max_chars``): every chunk is at most ``max_chars`` long, except
-  1. a chunk whose only non-blank line is a line of a fenced code block (fence lines included)
-     longer than ``max_chars``: code is cut between lines, never inside one;
+The invariant: every chunk's ``source`` (its text without the fence lines added below) is a
+verbatim slice of the post, and ``"".join(c.source for c in chunks) == text``: nothing lost or
+duplicated. A block that fits in ``max_chars`` is never cut.
+
+A fenced code block longer than ``max_chars`` is cut between its lines; each piece is then
+closed with a fence line and the next reopened with the block's opening line (info string
+included), so every chunk is balanced markdown. ``added_head``/``added_tail`` count those chars.
+Other blocks too long for a chunk (a list, a table, an HTML block) are cut between their lines
+as they are: a piece may then read differently on its own (a table piece without its header).
+
+Size rule: every chunk (added fence lines included) is at most ``max_chars`` long, except
+  1. a piece of fenced code holding a single code line (or a fence line alone) too long with
+     its fence lines: code is cut between lines, never inside one;
   2. a chunk whose content (``text.strip()``) fits but whose surrounding whitespace does not,
      e.g. a code block of exactly ``max_chars`` plus the blank line after it: the whitespace
      stays attached rather than forming a whitespace-only chunk or cutting the block.
-A fenced code block that fits in ``max_chars`` is never cut. One that does not is cut at line
-starts; its pieces then do not carry balanced fences (adding fences would break the invariant).
-
-Only ATX headings (``## Title``) count as headings; setext headings (underlined) are plain text.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 import re
 from bisect import bisect_right
-from collections import Counter
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from dataclasses import asdict, dataclass
 
-import yaml
+from blogtune.data.mdblocks import CLOSE, CODE, OPEN, PROSE, Fence, parse_blocks
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: TOML front matter is dropped unparsed
-    tomllib = None
-
-log = logging.getLogger(__name__)
-
-# Line kinds: prose, opening fence, code inside a fence, closing fence.
-PROSE, OPEN, CODE, CLOSE = 0, 1, 2, 3
-
-_FENCE = re.compile(r"[ \t]*(`{3,}|~{3,})(.*)")
-_HEADING = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t]*\n?\Z", re.S)
-_CLOSING_HASHES = re.compile(r"(?:^|[ \t]+)#+\Z")
-_HR = re.compile(r" {0,3}(?:(?:-[ \t]*){3,}|(?:\*[ \t]*){3,}|(?:_[ \t]*){3,})\Z")
-_WORD = re.compile(r"\w")
-_WHOLE_LINE_COMMENT = re.compile(r"^[ \t]*<!--(?:(?!-->).)*-->[ \t]*(?:\n|\Z)", re.M | re.S)
-_COMMENT = re.compile(r"<!--.*?-->", re.S)
-_YAML_FM = re.compile(r"\A---[ \t]*\n(.*?\n)?(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.S)
-_TOML_FM = re.compile(r"\A\+\+\+[ \t]*\n(.*?\n)?\+\+\+[ \t]*(?:\n|\Z)", re.S)
 _NONWS = re.compile(r"\S")
 # Preferred places to cut an over-long prose line, best first (the cut goes after the match).
 _LINE_CUTS = (
@@ -56,259 +40,6 @@ _LINE_CUTS = (
 )
 
 
-# ---------------------------------------------------------------------------- line helpers
-def split_lines(text: str) -> list[str]:
-    """Lines with their "\\n" kept; "".join(result) == text. Only "\\n" ends a line."""
-    parts = text.split("\n")
-    lines = [p + "\n" for p in parts[:-1]]
-    if parts[-1]:
-        lines.append(parts[-1])
-    return lines
-
-
-def classify_lines(lines: list[str]) -> list[int]:
-    """PROSE/OPEN/CODE/CLOSE for each line. Fences may be indented (lists) and an unclosed
-    fence runs to the end of the text, as in CommonMark."""
-    kinds: list[int] = []
-    fence_char = ""
-    fence_len = 0
-    for line in lines:
-        if not fence_char:
-            if line.lstrip(" \t")[:3] in ("```", "~~~"):
-                marker, info = _FENCE.match(line).groups()
-                if not (marker[0] == "`" and "`" in info):  # ```x``` is inline code
-                    fence_char, fence_len = marker[0], len(marker)
-                    kinds.append(OPEN)
-                    continue
-            kinds.append(PROSE)
-        else:
-            s = line.strip()
-            if len(s) >= fence_len and s == fence_char * len(s):
-                kinds.append(CLOSE)
-                fence_char = ""
-            else:
-                kinds.append(CODE)
-    return kinds
-
-
-def heading_of(line: str) -> tuple[int, str]:
-    """(level, text) of an ATX heading line, (0, "") otherwise."""
-    if not line.lstrip(" ").startswith("#"):
-        return 0, ""
-    m = _HEADING.match(line)
-    if not m:
-        return 0, ""
-    text = _CLOSING_HASHES.sub("", (m.group(2) or "").strip()).strip()
-    return len(m.group(1)), text
-
-
-def _norm(line: str) -> str:
-    return " ".join(line.split())
-
-
-# ---------------------------------------------------------------------------- cleaning
-@dataclass
-class CleanPost:
-    title: str
-    text: str
-    meta: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-
-def split_front_matter(text: str) -> tuple[dict, str, list[str]]:
-    """(metadata, body, notes). YAML between leading ``---`` lines or TOML between ``+++``.
-
-    Front matter that does not parse is kept as body text and noted: losing a post over a
-    typo in its header would be worse than training on the header.
-    """
-    for regex, kind in ((_YAML_FM, "YAML"), (_TOML_FM, "TOML")):
-        m = regex.match(text)
-        if not m:
-            continue
-        source = m.group(1) or ""
-        if kind == "TOML" and tomllib is None:
-            return {}, text[m.end() :], ["TOML front matter needs Python >= 3.11; dropped unparsed"]
-        try:
-            meta = yaml.safe_load(source) if kind == "YAML" else tomllib.loads(source)
-        except (yaml.YAMLError, ValueError) as exc:  # TOMLDecodeError is a ValueError
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return {}, text, [f"front matter is not valid {kind} ({first}); kept as text"]
-        if meta is None:
-            meta = {}
-        if not isinstance(meta, dict):  # e.g. "---\nWords\n---" is a rule and a heading
-            return {}, text, []
-        return meta, text[m.end() :], []
-    return {}, text, []
-
-
-def remove_html_comments(text: str) -> str:
-    """Drop ``<!-- ... -->`` outside code blocks; a comment alone on its line takes the line."""
-    if "<!--" not in text:
-        return text
-    lines = split_lines(text)
-    out: list[str] = []
-    prose: list[str] = []
-    for line, kind in zip(lines, classify_lines(lines), strict=True):
-        if kind == PROSE:
-            prose.append(line)
-            continue
-        if prose:
-            out.append(_strip_comments("".join(prose)))
-            prose = []
-        out.append(line)
-    if prose:
-        out.append(_strip_comments("".join(prose)))
-    return "".join(out)
-
-
-def _strip_comments(text: str) -> str:
-    return _COMMENT.sub("", _WHOLE_LINE_COMMENT.sub("", text))
-
-
-def normalize_blank_lines(text: str) -> str:
-    """Collapse runs of blank lines outside code to one, trim the ends, end with one "\\n"."""
-    lines = split_lines(text)
-    out: list[str] = []
-    prev_blank = True  # drops leading blank lines
-    for line, kind in zip(lines, classify_lines(lines), strict=True):
-        if kind == PROSE and not line.strip():
-            if not prev_blank:
-                out.append("\n")
-            prev_blank = True
-        else:
-            out.append(line)
-            prev_blank = False
-    body = "".join(out).rstrip()
-    return body + "\n" if body else ""
-
-
-def _take_title(meta: dict, body: str, fallback: str) -> tuple[str, str]:
-    """Title from front matter, else the first ``# `` heading, else a heading of any level
-    that opens the post (many blogs start with "## Title"), else `fallback`. That heading
-    line is dropped from the body when it repeats the title (the title lives in metadata)."""
-    title = _norm(str(meta.get("title") or ""))
-    lines = split_lines(body)
-    kinds = classify_lines(lines)
-    first = next((i for i, line in enumerate(lines) if line.strip()), None)
-    h1 = next((i for i, k in enumerate(kinds) if k == PROSE and heading_of(lines[i])[0] == 1), None)
-    pick = h1
-    if (
-        pick is None
-        and not title
-        and first is not None
-        and kinds[first] == PROSE
-        and heading_of(lines[first])[0]
-    ):
-        pick = first
-    if pick is not None:
-        text = _norm(heading_of(lines[pick])[1])
-        title = title or text
-        if text and text == title:
-            body = "".join(lines[:pick] + lines[pick + 1 :])
-    return title or fallback, body
-
-
-def clean_markdown(text: str, fallback_title: str) -> CleanPost:
-    """Front matter, title, HTML comments and blank lines; the text is otherwise kept as is
-    (inline HTML is content). `text` must already have "\\n" line ends."""
-    meta, body, notes = split_front_matter(text)
-    body = remove_html_comments(body)
-    title, body = _take_title(meta, body, fallback_title)
-    return CleanPost(title=title, text=normalize_blank_lines(body), meta=meta, notes=notes)
-
-
-def meta_date(meta: dict) -> str | None:
-    value = meta.get("date")
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if value is None:
-        return None
-    return _norm(str(value)) or None
-
-
-def meta_tags(meta: dict) -> list[str]:
-    value = meta.get("tags")
-    if isinstance(value, str):
-        value = value.split(",")
-    if not isinstance(value, list | tuple):
-        return []
-    return [t for t in (_norm(str(v)) for v in value if v is not None) if t]
-
-
-# ---------------------------------------------------------------------------- boilerplate
-def _boilerplate_candidates(text: str) -> set[str]:
-    """Normalized prose lines that could be boilerplate. Headings only count when they carry
-    a link (footers like "#### [My other project](...)"); a heading like "## Background"
-    shared by most posts is structure, not boilerplate."""
-    out: set[str] = set()
-    lines = split_lines(text)
-    for line, kind in zip(lines, classify_lines(lines), strict=True):
-        if kind != PROSE:
-            continue
-        norm = _norm(line)
-        if not norm or not _WORD.search(norm):
-            continue
-        if heading_of(norm)[0] and "](" not in norm:
-            continue
-        out.add(norm)
-    return out
-
-
-def find_boilerplate(texts: list[str], min_fraction: float = 0.5, min_posts: int = 3) -> list[str]:
-    """Normalized lines (outside code) found in at least `min_fraction` of the posts and in at
-    least `min_posts` posts, e.g. a footer of links appended to every post. Sorted."""
-    if not 0 < min_fraction:
-        raise ValueError(f"boilerplate min_fraction must be > 0, got {min_fraction}")
-    if len(texts) < max(min_posts, 1):
-        return []
-    counts: Counter[str] = Counter()
-    for text in texts:
-        counts.update(_boilerplate_candidates(text))
-    need = max(min_posts, math.ceil(min_fraction * len(texts) - 1e-9))
-    return sorted(line for line, n in counts.items() if n >= need)
-
-
-def strip_boilerplate(text: str, boilerplate: Iterable[str]) -> str:
-    """Remove boilerplate lines (outside code), then headings left without content by the
-    removal and horizontal rules left dangling at either end."""
-    bp = set(boilerplate)
-    if not bp:
-        return text
-    lines = split_lines(text)
-    kinds = classify_lines(lines)
-    remove = [k == PROSE and _norm(line) in bp for line, k in zip(lines, kinds, strict=True)]
-    if not any(remove):
-        return text
-    levels = [heading_of(line)[0] if k == PROSE else 0 for line, k in zip(lines, kinds, strict=True)]
-    # Backwards: a heading whose section lost lines and now holds nothing goes too.
-    next_kept: int | None = None
-    removed_since = False
-    for i in range(len(lines) - 1, -1, -1):
-        if remove[i]:
-            removed_since = True
-            continue
-        if not lines[i].strip():
-            continue
-        nxt = levels[next_kept] if next_kept is not None else 0
-        if levels[i] and removed_since and (next_kept is None or 0 < nxt <= levels[i]):
-            remove[i] = True
-            continue
-        next_kept, removed_since = i, False
-    kept = [(line, k) for line, k, r in zip(lines, kinds, remove, strict=True) if not r]
-
-    def dangling(item: tuple[str, int]) -> bool:
-        line, k = item
-        return k == PROSE and (not line.strip() or bool(_HR.match(line.rstrip("\n"))))
-
-    while kept and dangling(kept[-1]):
-        kept.pop()
-    start = 0
-    while start < len(kept) and dangling(kept[start]):
-        start += 1
-    return normalize_blank_lines("".join(line for line, _ in kept[start:]))
-
-
-# ---------------------------------------------------------------------------- chunking
 @dataclass
 class Chunk:
     article_id: str
@@ -317,16 +48,42 @@ class Chunk:
     part: int  # 1-based
     parts: int
     text: str
+    lang: str = "default"  # prompt language, decided once for the whole article
+    added_head: int = 0  # chars of a reopening fence line put before the source text
+    added_tail: int = 0  # chars of a closing fence line put after it
+
+    @property
+    def source(self) -> str:
+        """The verbatim slice of the post this chunk holds (without added fence lines)."""
+        return self.text[self.added_head : len(self.text) - self.added_tail]
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-# Cut levels, strongest first: headings by level (H1..H6), paragraphs, lines.
+def join_chunks(pieces: list[Chunk]) -> str:
+    """Consecutive chunks of one text as one balanced text: the fence lines added where they
+    were cut apart cancel out; those at the outer ends stay."""
+    if not pieces:
+        return ""
+    if len(pieces) == 1:
+        return pieces[0].text
+    first, last = pieces[0], pieces[-1]
+    return (
+        first.text[: len(first.text) - first.added_tail]
+        + "".join(p.source for p in pieces[1:-1])
+        + last.text[last.added_head :]
+    )
+
+
+# Cut levels, strongest first: headings by level (H1..H6), blocks by depth (top level first:
+# a list is cut between its items only when it does not fit, an item between its paragraphs
+# only when the item does not fit), lines.
 _HEADING_LEVELS = 6
-_PARA = _HEADING_LEVELS
-_LINE = _HEADING_LEVELS + 1
-_N_LEVELS = _HEADING_LEVELS + 2
+_BLOCK = _HEADING_LEVELS
+_MAX_DEPTH = 20  # markdown-it's nesting limit
+_LINE = _BLOCK + _MAX_DEPTH + 1
+_N_LEVELS = _LINE + 1
 
 
 @dataclass
@@ -335,39 +92,78 @@ class _Doc:
     max_chars: int
 
     def __post_init__(self) -> None:
-        self.lines = split_lines(self.text)
-        self.kinds = classify_lines(self.lines)
+        blocks = parse_blocks(self.text)
+        self.lines = blocks.lines
+        self.kinds = blocks.kinds
+        self.headings = blocks.headings
+        self.heading_lines = blocks.heading_lines
+        n = len(self.lines)
         self.blank = [not line.strip() for line in self.lines]
-        self.levels = [
-            heading_of(line)[0] if k == PROSE else 0 for line, k in zip(self.lines, self.kinds, strict=True)
-        ]
+        self.start_depth = [_MAX_DEPTH + 1] * n  # shallowest block starting on each line
+        for b in blocks.blocks:
+            self.start_depth[b.start] = min(self.start_depth[b.start], b.depth)
+        self.fence_at: list[Fence | None] = [None] * n
+        for f in blocks.fences:
+            for i in range(f.start, f.end):
+                self.fence_at[i] = f
         self.off = [0]
         self.nonblank = [0]  # prefix count of non-blank lines
         for line, blank in zip(self.lines, self.blank, strict=True):
             self.off.append(self.off[-1] + len(line))
             self.nonblank.append(self.nonblank[-1] + (not blank))
 
+    def line_of(self, pos: int) -> int:
+        return bisect_right(self.off, pos) - 1
+
+    def added(self, s: int, e: int) -> tuple[str, str]:
+        """Fence lines a chunk [s, e) needs: a reopening one when it starts inside a fenced
+        block, a closing one when the block goes on after it."""
+        head = tail = ""
+        first = self.line_of(s)
+        if self.kinds[first] in (CODE, CLOSE) and self.off[first] == s:
+            head = self.fence_at[first].reopen
+        if e < len(self.text):
+            last, nxt = self.line_of(e - 1), self.line_of(e)
+            fence = self.fence_at[last]
+            if fence is not None and self.kinds[last] in (OPEN, CODE) and self.fence_at[nxt] is fence:
+                tail = fence.close
+        return head, tail
+
+    def cost(self, s: int, e: int) -> int:
+        head, tail = self.added(s, e)
+        return e - s + len(head) + len(tail)
+
+    def fits(self, s: int, e: int) -> bool:
+        head, tail = self.added(s, e)
+        extra = len(head) + len(tail)
+        return e - s + extra <= self.max_chars or len(self.text[s:e].strip()) + extra <= self.max_chars
+
     def can_cut(self, level: int, i: int) -> bool:
         """May a chunk start at line i when cutting at `level`? Never before a blank line, so
-        no piece is whitespace-only; never inside code except at the line level."""
+        no piece is whitespace-only; inside a fence only at the line level, and not right
+        after its opening line (blank lines aside) or before its closing one (a piece would hold
+        no code)."""
         if self.blank[i]:
             return False
-        if level < _PARA:
-            return 0 < self.levels[i] <= level + 1
-        if level == _PARA:
-            k, prev = self.kinds[i], self.kinds[i - 1]
-            return k == OPEN or (k == PROSE and (self.blank[i - 1] or prev == CLOSE))
+        if self.kinds[i] in (CODE, CLOSE):
+            fence = self.fence_at[i]
+            code_before = self.nonblank[i] - self.nonblank[fence.start + 1]
+            return level == _LINE and self.kinds[i] == CODE and code_before > 0
+        if level < _BLOCK:
+            return i in self.headings and self.headings[i][0] <= level + 1
+        if level < _LINE:
+            return self.start_depth[i] <= level - _BLOCK
         return True
 
     def heading_only(self, s: int, e: int) -> bool:
-        """Do the whole lines in [s, e) hold only headings and blank lines?"""
-        i = bisect_right(self.off, s) - 1
+        """Do the whole lines in [s, e) hold only top-level headings and blank lines?"""
+        i = self.line_of(s)
         if self.off[i] != s:
             return False
         seen = False
         while i < len(self.lines) and self.off[i] < e:
             if not self.blank[i]:
-                if not self.levels[i]:
+                if i not in self.heading_lines:
                     return False
                 seen = True
             i += 1
@@ -377,7 +173,7 @@ class _Doc:
         """Char spans covering lines [lo, hi): whole if they fit, else cut at the strongest
         level that offers a cut, recursively."""
         s, e = self.off[lo], self.off[hi]
-        if e - s <= self.max_chars or len(self.text[s:e].strip()) <= self.max_chars:
+        if self.fits(s, e):
             return [(s, e)]
         for lvl in range(level, _N_LEVELS):
             cuts = [i for i in range(lo + 1, hi) if self.can_cut(lvl, i)]
@@ -389,9 +185,10 @@ class _Doc:
                 for a, b in zip(bounds, bounds[1:], strict=False):
                     out.extend(self.atoms(a, b, lvl + 1))
                 return out
-        # One non-blank line left. Code is never cut inside a line; prose is.
-        line = next(i for i in range(lo, hi) if not self.blank[i])
-        if self.kinds[line] != PROSE:
+        # No cut left: one non-blank line, or one code line with its fence lines. Code is
+        # never cut inside a line; prose is.
+        nonblank = [i for i in range(lo, hi) if not self.blank[i]]
+        if len(nonblank) != 1 or self.kinds[nonblank[0]] != PROSE:
             return [(s, e)]
         return _char_spans(self.text, s, e, self.max_chars)
 
@@ -441,7 +238,7 @@ def _glue_headings(doc: _Doc, atoms: list[tuple[int, int]]) -> list[tuple[int, i
     leaves a heading stranded at the end of a chunk, away from its text."""
     out: list[tuple[int, int]] = []
     for s, e in reversed(atoms):
-        if out and doc.heading_only(s, e) and out[-1][1] - s <= doc.max_chars:
+        if out and doc.heading_only(s, e) and doc.cost(s, out[-1][1]) <= doc.max_chars:
             out[-1] = (s, out[-1][1])
         else:
             out.append((s, e))
@@ -454,24 +251,23 @@ def _heading_paths(doc: _Doc, starts: list[int]) -> list[list[str]]:
     i = 0
     n = len(doc.lines)
     for s in starts:
-        line = bisect_right(doc.off, s) - 1
+        line = doc.line_of(s)
         while line < n - 1 and doc.blank[line]:
             line += 1
         while i <= line:
-            level = doc.levels[i]
-            if level:
+            if i in doc.headings:
+                level, title = doc.headings[i]
                 while stack and stack[-1][0] >= level:
                     stack.pop()
-                stack.append((level, heading_of(doc.lines[i])[1]))
+                stack.append((level, title))
             i += 1
         paths.append([t for _, t in stack])
     return paths
 
 
-def chunk_article(article_id: str, title: str, text: str, max_chars: int) -> list[Chunk]:
+def chunk_article(article_id: str, title: str, text: str, max_chars: int, lang: str = "default") -> list[Chunk]:
     """Cut `text` into chunks of at most `max_chars` (see the module docstring for the two
-    exceptions): at headings first, then paragraphs, then lines, then (prose only) within a
-    line; consecutive pieces are packed greedily. Whitespace-only text gives no chunks."""
+    exceptions). Whitespace-only text gives no chunks."""
     if max_chars < 1:
         raise ValueError(f"max_chars must be >= 1, got {max_chars}")
     if not text.strip():
@@ -481,7 +277,7 @@ def chunk_article(article_id: str, title: str, text: str, max_chars: int) -> lis
     spans = []
     cs, ce = atoms[0]
     for s, e in atoms[1:]:
-        if e - cs <= max_chars:
+        if doc.cost(cs, e) <= max_chars:
             ce = e
         else:
             spans.append((cs, ce))
@@ -489,7 +285,8 @@ def chunk_article(article_id: str, title: str, text: str, max_chars: int) -> lis
     spans.append((cs, ce))
     paths = _heading_paths(doc, [s for s, _ in spans])
     n = len(spans)
-    return [
-        Chunk(article_id, title, path, k, n, text[s:e])
-        for k, ((s, e), path) in enumerate(zip(spans, paths, strict=True), start=1)
-    ]
+    chunks = []
+    for k, ((s, e), path) in enumerate(zip(spans, paths, strict=True), start=1):
+        head, tail = doc.added(s, e)
+        chunks.append(Chunk(article_id, title, path, k, n, head + text[s:e] + tail, lang, len(head), len(tail)))
+    return chunks

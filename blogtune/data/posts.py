@@ -8,18 +8,14 @@ import logging
 import os
 import posixpath
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from blogtune.data.chunking import (
-    clean_markdown,
-    find_boilerplate,
-    meta_date,
-    meta_tags,
-    strip_boilerplate,
-)
+from blogtune.data.boilerplate import Removed, remove_boilerplate
+from blogtune.data.cleaning import article_language, clean_markdown, meta_date, meta_tags
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +179,9 @@ class Article:
     date: str | None = None
     tags: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    whitespace_saved: int = 0  # chars of whitespace cleaning removed
+    lang: str = "default"  # prompt language of the whole article (format.prompts key)
+    removed: list[Removed] = field(default_factory=list)  # boilerplate taken out of it
 
 
 @dataclass
@@ -200,8 +199,9 @@ def _rel(path: Path, blog_dir: Path) -> str:
 
 
 def article_id_for(path: Path, blog_dir: Path) -> str:
-    """Relative POSIX path without ``.md``, e.g. ``202412/20241210_01``: the split hash key."""
-    rel = _rel(Path(path), Path(blog_dir))
+    """Relative POSIX path without ``.md``, e.g. ``202412/20241210_01``: the split hash key.
+    Unicode NFC, so a clone on macOS (NFD file names) hashes a post into the same split."""
+    rel = unicodedata.normalize("NFC", _rel(Path(path), Path(blog_dir)))
     stem, ext = posixpath.splitext(rel)
     return stem if ext.lower() in (".md", ".markdown") else rel
 
@@ -261,6 +261,7 @@ def read_post(path: Path, blog_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES) ->
         date=meta_date(clean.meta),
         tags=meta_tags(clean.meta),
         notes=clean.notes,
+        whitespace_saved=clean.whitespace_saved,
     )
 
 
@@ -292,7 +293,9 @@ def load_articles(
 
     Articles come sorted by article id; of identical texts the first id is kept and the
     others are rejected as "duplicate of <id>". A bad post is rejected alone: it never takes
-    a good one with it. `boilerplate_min_fraction` None or 0 turns boilerplate removal off.
+    a good one with it. `boilerplate_min_fraction` None or 0 turns boilerplate removal off;
+    `boilerplate_min_posts` is the count of posts a repeated head/tail block needs (see
+    :mod:`blogtune.data.boilerplate`). Each article gets its prompt language (`lang`).
     """
     blog_dir = Path(blog_dir)
     articles: list[Article] = []
@@ -306,25 +309,22 @@ def load_articles(
         (rejects if isinstance(result, Reject) else articles).append(result)
 
     if boilerplate_min_fraction and articles:
-        boilerplate = find_boilerplate(
+        texts, removed = remove_boilerplate(
             [a.text for a in articles], boilerplate_min_fraction, boilerplate_min_posts
         )
-        if boilerplate:
-            log.info(
-                "boilerplate: %d line(s) shared by most posts, removed: %s",
-                len(boilerplate),
-                "; ".join(line[:60] for line in boilerplate[:5]) + (" ..." if len(boilerplate) > 5 else ""),
-            )
-            kept = []
-            for a in articles:
-                a.text = strip_boilerplate(a.text, boilerplate)
-                if a.text.strip():
-                    kept.append(a)
-                else:
-                    rejects.append(
-                        Reject(a.path, "no text left after removing boilerplate", "boilerplate-only")
-                    )
-            articles = kept
+        kept = []
+        for a, text, gone in zip(articles, texts, removed, strict=True):
+            a.text, a.removed = text, gone
+            if a.text.strip():
+                kept.append(a)
+            else:
+                rejects.append(Reject(a.path, "no text left after removing boilerplate", "boilerplate-only"))
+        n_posts = sum(bool(gone) for gone in removed)
+        if n_posts:
+            log.info("boilerplate: removed from %d of %d posts", n_posts, len(articles))
+        articles = kept
+    for a in articles:
+        a.lang = article_language(a.title, a.text)
 
     articles.sort(key=lambda a: a.article_id)
     unique: list[Article] = []

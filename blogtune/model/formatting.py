@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from blogtune.data.chunking import chunk_article
+from blogtune.data.chunking import chunk_article, join_chunks
+from blogtune.data.cleaning import text_language
 from blogtune.io_utils import atomic_write_jsonl, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ DEFAULT_PROMPTS = {
     "zh": "请写出我的博客文章《{title}》第 {part}/{parts} 部分，章节“{heading}”。",
 }
 PROMPT_FIELDS = {"title", "heading", "part", "parts"}
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 class FormatError(ValueError):
@@ -76,14 +76,13 @@ def validate_prompts(prompts: dict[str, str]) -> dict[str, str]:
 
 def language_of(text: str) -> str:
     """'zh' when CJK characters make up a fair share of the text, else 'default'."""
-    sample = text[:2000]
-    letters = sum(ch.isalpha() for ch in sample) or 1
-    return "zh" if len(_CJK.findall(sample)) / letters > 0.3 else "default"
+    return text_language(text)
 
 
 def user_prompt(chunk: dict, prompts: dict[str, str]) -> str:
     heading = " > ".join(chunk.get("heading_path") or []) or chunk["title"]
-    lang = language_of(chunk["title"] + chunk["text"])
+    # The chunker decides once per article from its prose; guess only for chunk files without it.
+    lang = chunk.get("lang") or language_of(chunk["title"] + chunk["text"])
     template = prompts.get(lang, prompts["default"])
     return template.format(title=chunk["title"], heading=heading, part=chunk["part"], parts=chunk["parts"])
 
@@ -147,8 +146,8 @@ def fit_chunk(chunk: dict, measure: Callable[[dict], int], budget: int) -> list[
     """`chunk` as few pieces as possible whose samples measure at most `budget` tokens.
 
     The chunker itself cuts the text into small pieces (headings, paragraphs, lines; a code block
-    only between its lines), which are then packed greedily by measured tokens, so the pieces
-    joined give back the chunk's text. A piece that cannot be cut (one long code line) stays over
+    only between its lines, each piece closed and reopened with its fence), which are then packed
+    greedily by measured tokens, so the pieces' sources joined give back the chunk's text. A piece that cannot be cut (one long code line) stays over
     budget.
     """
     n = measure(chunk)
@@ -165,17 +164,19 @@ def fit_chunk(chunk: dict, measure: Callable[[dict], int], budget: int) -> list[
         return [chunk]
     outer = list(chunk.get("heading_path") or [])
 
-    def piece(first, body: str) -> dict:
-        return {**chunk, "heading_path": merge_heading_paths(outer, first.heading_path), "text": body}
+    base = {k: v for k, v in chunk.items() if k not in ("added_head", "added_tail")}
 
-    out, first, body = [], small[0], small[0].text
+    def piece(group: list) -> dict:  # fence lines added between pieces of a group cancel out
+        return {**base, "heading_path": merge_heading_paths(outer, group[0].heading_path), "text": join_chunks(group)}
+
+    out, group = [], [small[0]]
     for nxt in small[1:]:
-        if measure(piece(first, body + nxt.text)) <= budget:
-            body += nxt.text
+        if measure(piece([*group, nxt])) <= budget:
+            group.append(nxt)
         else:
-            out.append(piece(first, body))
-            first, body = nxt, nxt.text
-    out.append(piece(first, body))
+            out.append(piece(group))
+            group = [nxt]
+    out.append(piece(group))
     return out
 
 
