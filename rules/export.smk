@@ -6,9 +6,12 @@ rule export_gguf:
         model=rules.fuse.output.model,
     output:
         gguf=model_path(f"gguf/{export_name()}.gguf"),
+        # What the export decided (pre-tokenizer and the rule that chose it, tensor types).
+        report=model_path("gguf/export.json"),
     params:
         outtype=config["export"]["gguf_type"],
         name=export_name(),
+        pre_tokenizer=config["export"]["pre_tokenizer"],
     log:
         log_path("export_gguf"),
     resources:
