@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from blogtune.formatting import format_splits
+from blogtune.formatting import end_of_turn_text, format_splits
 from blogtune.io_utils import atomic_write_json
 from blogtune.logs import setup_logging, snakemake_log
 
@@ -19,7 +19,8 @@ def main(split_files, out_files, model_dir, stats_path, style="chat", prompts=No
     stats = format_splits(split_files, out_files, tokenizer, style, prompts, system_prompt, max_seq_length)
     atomic_write_json(
         stats_path,
-        {"style": style, "eos_token": tokenizer.eos_token, "max_seq_length": max_seq_length, "splits": stats},
+        {"style": style, "eos_token": tokenizer.eos_token, "end_of_turn": end_of_turn_text(tokenizer) if style == "chat"
+         else None, "max_seq_length": max_seq_length, "splits": stats},
     )
 
 
