@@ -46,7 +46,7 @@ def hub_model_folder(repo_id: str) -> Path | None:
     """The snapshot folder holding the repo's config.json (cached, or fetched now with its small
     tokenizer files); None only when offline and not cached (resolve_base_model reports that)."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import RemoteEntryNotFoundError
 
     cached = try_to_load_from_cache(repo_id, "config.json")
     if isinstance(cached, str):
@@ -57,7 +57,7 @@ def hub_model_folder(repo_id: str) -> Path | None:
     for name in HUB_PREFLIGHT_FILES:
         try:
             path = Path(hf_hub_download(repo_id, name))
-        except EntryNotFoundError:
+        except RemoteEntryNotFoundError:  # (its sibling LocalEntryNotFoundError means: no connection)
             if name == "config.json":
                 raise ModelPreflightError(
                     f"base_model: {repo_id!r} has no config.json on the Hugging Face Hub (not a transformers model)"
