@@ -96,12 +96,10 @@ def read_known_config(source: BaseModelSource) -> dict | None:
         }
     if source.kind == "local":
         return json.loads((source.path / "config.json").read_text(encoding="utf-8"))
-    from huggingface_hub import try_to_load_from_cache
+    from blogtune.model.model_checks import hub_model_folder  # cached, or its JSON files fetched now
 
-    cached = try_to_load_from_cache(source.spec, "config.json")
-    if isinstance(cached, str):
-        return json.loads(Path(cached).read_text(encoding="utf-8"))
-    return None
+    folder = hub_model_folder(source.spec)
+    return json.loads((folder / "config.json").read_text(encoding="utf-8")) if folder else None
 
 
 def check_export(model_config: dict | None) -> str | None:
@@ -140,6 +138,12 @@ def check_memory(model_config: dict | None, config: dict) -> None:
 
 def run_preflight(config: dict, workdir: Path) -> Plan:
     from blogtune.model.formatting import FormatError, validate_prompts
+    from blogtune.model.model_checks import (
+        ModelPreflightError,
+        check_tokens,
+        check_trust_remote_code,
+        model_folder,
+    )
 
     blog_dir = resolve_blog_dir(config["blog"], workdir)
     posts, missing = select_posts(config["blog"], blog_dir)
@@ -157,7 +161,12 @@ def run_preflight(config: dict, workdir: Path) -> Plan:
         source = resolve_base_model(config["base_model"], workdir)
     except BaseModelError as err:
         raise PreflightError(str(err)) from None
-    model_config = read_known_config(source)
+    try:
+        check_trust_remote_code(config["trust_remote_code"])
+        model_config = read_known_config(source)
+        check_tokens(model_folder(source), config["model"])
+    except ModelPreflightError as err:
+        raise PreflightError(str(err)) from None
     plan = Plan(blog_dir, posts, missing, source, model_config=model_config)
     if source.kind == "local":
         plan.base_model_files = local_model_files(source.path)

@@ -6,6 +6,8 @@ rule export_gguf:
         model=rules.fuse.output.model,
     output:
         gguf=model_path(f"gguf/{export_name()}.gguf"),
+        # What the export decided (pre-tokenizer and the rule that chose it, tensor types).
+        report=model_path("gguf/export.json"),
     log:
         log_path("export_gguf"),
     conda:
@@ -15,6 +17,7 @@ rule export_gguf:
     params:
         outtype=config["export"]["gguf_type"],
         name=export_name(),
+        pre_tokenizer=config["export"]["pre_tokenizer"],
     script:
         "../scripts/export_gguf.py"
 

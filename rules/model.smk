@@ -35,6 +35,8 @@ rule convert:
         group_size=config["model"]["group_size"],
         dtype=config["model"]["dtype"],
         trust_remote_code=config["trust_remote_code"],
+        eos_token=config["model"]["eos_token"],
+        bos_token=config["model"]["bos_token"],
     script:
         "../scripts/convert.py"
 

@@ -6,11 +6,12 @@ from pathlib import Path
 from blogtune.logs import setup_logging, snakemake_log
 
 
-def run(model_dir, gguf, outtype, name=None, log_file=None) -> None:
+def run(model_dir, gguf, outtype, name=None, log_file=None, pre_tokenizer=None, report_json=None) -> None:
     setup_logging(log_file)
     from blogtune.export.gguf import export_gguf
+    from blogtune.io_utils import atomic_write_json
 
-    report = export_gguf(Path(model_dir), Path(gguf), outtype=outtype, name=name)
+    report = export_gguf(Path(model_dir), Path(gguf), outtype=outtype, name=name, pre_tokenizer=pre_tokenizer)
     logging.getLogger("export_gguf").info(
         "%s %s: %d tensors, %.1f MB, %.1f s, pre-tokenizer %s (%s)",
         report.arch,
@@ -21,11 +22,13 @@ def run(model_dir, gguf, outtype, name=None, log_file=None) -> None:
         report.pre_tokenizer,
         report.pre_source,
     )
+    if report_json:
+        atomic_write_json(report_json, report.as_dict())
 
 
 def main(snakemake) -> None:
     run(snakemake.input.model, snakemake.output.gguf, snakemake.params.outtype, snakemake.params.name,
-        snakemake_log(snakemake))
+        snakemake_log(snakemake), snakemake.params.pre_tokenizer, snakemake.output.report)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from blogtune.io_utils import atomic_write_json
 from blogtune.logs import setup_logging, snakemake_log
-from blogtune.model.formatting import format_splits
+from blogtune.model.formatting import end_of_turn_text, format_splits
 
 SPLITS = ("train", "valid", "test")
 
@@ -18,7 +18,8 @@ def run(split_files, out_files, model_dir, stats_path, style, prompts=None, syst
     stats = format_splits(split_files, out_files, tokenizer, style, prompts, system_prompt, max_seq_length)
     atomic_write_json(
         stats_path,
-        {"style": style, "eos_token": tokenizer.eos_token, "max_seq_length": max_seq_length, "splits": stats},
+        {"style": style, "eos_token": tokenizer.eos_token, "end_of_turn": end_of_turn_text(tokenizer) if style == "chat"
+         else None, "max_seq_length": max_seq_length, "splits": stats},
     )
 
 

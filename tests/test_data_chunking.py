@@ -168,17 +168,14 @@ def test_strip_boilerplate_drops_headings_it_emptied():
     assert strip_boilerplate(text, []) == text
 
 
-def test_find_boilerplate_is_fast_enough():
-    import time
-
+def test_find_boilerplate_on_many_posts():
+    # Its speed on 5,000 posts is measured in bench/wallclock_limits.py.
     texts = [
         f"# T{i}\n\n" + "\n\n".join(f"para {i} {j} " * 8 for j in range(30)) + "\n\n" + FOOTER
-        for i in range(5000)
+        for i in range(300)
     ]
-    t0 = time.perf_counter()
     bp = find_boilerplate(texts)
     stripped = [strip_boilerplate(t, bp) for t in texts]
-    assert time.perf_counter() - t0 < 10
     assert len(bp) == 2 and "qr.jpg" not in stripped[0]
 
 

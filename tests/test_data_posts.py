@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -73,18 +72,15 @@ def test_discover_symlinks(blog: Path, tmp_path: Path, caplog):
     assert "outside the blog folder" in caplog.text
 
 
-def test_discover_is_fast_for_thousands_of_posts(tmp_path: Path):
+def test_discover_finds_thousands_of_posts(tmp_path: Path):
     root = tmp_path / "big"
     for m in range(50):
         d = root / f"2024{m:02d}"
         d.mkdir(parents=True)
         for i in range(100):
             (d / f"post_{i:03d}.md").write_bytes(b"x")
-    t0 = time.perf_counter()
-    posts = discover_posts(root)
-    elapsed = time.perf_counter() - t0
+    posts = discover_posts(root)  # its speed: bench/wallclock_limits.py
     assert len(posts) == 5000
-    assert elapsed < 1.0  # ~0.05 s here; generous for a busy shared machine
 
 
 # ---------------------------------------------------------------------------- index
@@ -184,14 +180,12 @@ def test_read_post_rejects(blog: Path):
     assert reason(read_post(blog / "nope.md", blog)).startswith("unreadable")
 
 
-def test_read_post_huge_single_line_rejected_fast(blog: Path):
+def test_read_post_huge_single_line_rejected(blog: Path):
     p = blog / "huge.md"
     with open(p, "wb") as fh:  # sparse: 50 MB without writing 50 MB
         fh.write(b"a")
         fh.truncate(50_000_000)
-    t0 = time.perf_counter()
-    r = read_post(p, blog)
-    assert time.perf_counter() - t0 < 0.1
+    r = read_post(p, blog)  # rejected from its size, unread (timed in bench/wallclock_limits.py)
     assert reason(r).startswith("too large (50,000,000 bytes")
     assert reason(read_post(write(blog / "small.md", "x" * 200), blog, max_bytes=100)).startswith("too large")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+import torch
 
 from blogtune.export.gguf import (
     SUPPORTED_ARCHITECTURES,
@@ -32,8 +33,6 @@ from blogtune.export.gguf import (
 from blogtune.export.gguf.architectures import llama3_rope_factors, permute_rows
 from blogtune.export.gguf.quantize import tensor_type
 from blogtune.export.gguf.vocab import JsonTokenizer, chkhsh, chktxt, detect_pre, load_vocab
-
-torch = pytest.importorskip("torch")
 
 PROBE = (
     "Hello world! 你好，世界。我想在apple工作1314151天～\n"
@@ -392,15 +391,28 @@ def test_json_tokenizer_agrees_with_transformers(which, smollm2_tok_dir, qwen3_t
     assert ours.encode(PROBE) == ref.encode(PROBE)
 
 
-def test_unknown_pre_hash_falls_back_by_family_or_fails(small_tok_dir, caplog):
+def test_unknown_pre_hash_fails_naming_the_override_key(small_tok_dir, caplog):
+    """No guess from the family or the vocabulary size (a 49,152-token vocabulary is not always
+    SmolLM's): an unknown hash stops the export and names export.pre_tokenizer."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(small_tok_dir)  # the cut vocabulary hashes differently
-    assert detect_pre(tok, "qwen2", 151665) == ("qwen2", "family")
-    assert "UNKNOWN PRE-TOKENIZER HASH" in caplog.text
-    with pytest.raises(ExportError, match="pre_tokenizer"):
-        detect_pre(tok, "llama", len(tok))
-    assert detect_pre(tok, "llama", len(tok), override="smollm") == ("smollm", "override")
+    for model_type, n_tokens in (("llama", 49152), ("qwen2", 151665), ("llama", 128256), ("llama", len(tok))):
+        with pytest.raises(ExportError, match=r"export\.pre_tokenizer"):
+            detect_pre(tok, model_type, n_tokens)
+    assert detect_pre(tok, "llama", 49152, override="smollm") == ("smollm", "override")
+
+
+def test_export_report_records_the_pre_tokenizer_rule(arch_model, tmp_path):
+    folder, _, _ = arch_model("llama")
+    with pytest.raises(ExportError, match=r"export\.pre_tokenizer"):
+        export_gguf(folder, tmp_path / "guess.gguf", "f32")
+    assert not (tmp_path / "guess.gguf").exists()
+    report = export_gguf(folder, tmp_path / "set.gguf", "f32", pre_tokenizer="smollm").as_dict()
+    assert (report["pre_tokenizer"], report["pre_tokenizer_rule"]) == ("smollm", "override")
+    reader = gguf.GGUFReader(tmp_path / "set.gguf")
+    field = reader.fields["tokenizer.ggml.pre"]
+    assert bytes(field.parts[field.data[0]]).decode() == "smollm"
 
 
 def test_chktxt_is_byte_exact():

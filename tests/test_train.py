@@ -432,9 +432,8 @@ def test_blas_finds_and_uses_openblas():
         pytest.skip("no OpenBLAS installed (apt-get install libopenblas0-pthread)")
     code = (
         "import json; from blogtune import blas; blas.setup_mlx_cpu(); import mlx.core; "
-        "print(json.dumps(blas.blas_report(measure=True)))"
+        "print(json.dumps(blas.blas_report()))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["blas"] == "openblas" and report["blas_path"] == str(path)
-    assert report["sgemm_gflops"] > 25, report  # the bundled reference BLAS does ~5

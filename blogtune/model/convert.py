@@ -55,8 +55,12 @@ def plan_conversion(quantize: str | bool, bits: int, group_size: int, dtype: str
     return ConvertPlan(do_quant, bits, group_size, resolved, device)
 
 
-def convert_to_mlx(source: str | Path, out_dir: Path, plan: ConvertPlan, trust_remote_code: bool = False) -> Path:
-    """Run mlx-lm's converter into a temp folder and swap it in only on success."""
+def convert_to_mlx(
+    source: str | Path, out_dir: Path, plan: ConvertPlan, trust_remote_code: bool = False,
+    eos_token: str | None = None, bos_token: str | None = None,
+) -> Path:
+    """Run mlx-lm's converter into a temp folder and swap it in only on success.
+    `eos_token`/`bos_token` (model.eos_token/bos_token) repair the special tokens of the result."""
     from mlx_lm import convert
 
     log.info("converting %s to MLX: %s", source, plan.describe())
@@ -75,6 +79,9 @@ def convert_to_mlx(source: str | Path, out_dir: Path, plan: ConvertPlan, trust_r
             item.rename(tmp / item.name)
         target.rmdir()
         lift_rope_parameters(tmp / "config.json")
+        from blogtune.model.special_tokens import apply_token_overrides
+
+        apply_token_overrides(tmp, eos_token, bos_token)
         (tmp / "blogtune_convert.json").write_text(
             json.dumps({"source": str(source), **plan.__dict__}, indent=2) + "\n", encoding="utf-8"
         )

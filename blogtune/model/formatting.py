@@ -112,10 +112,13 @@ def _meta(chunk: dict) -> dict:
 
 
 def end_of_turn_text(tokenizer) -> str:
-    eos = tokenizer.eos_token
-    if not eos:
-        raise FormatError("the base model's tokenizer has no eos_token; use format.style: text")
-    return eos
+    """The chat family's end-of-turn token (Gemma `<end_of_turn>`, not its eos `<eos>`)."""
+    from blogtune.model.special_tokens import SpecialTokenError, end_of_turn_token
+
+    try:
+        return end_of_turn_token(tokenizer)
+    except SpecialTokenError as err:
+        raise FormatError(str(err)) from None
 
 
 def check_sample(sample: dict, tokenizer, style: str) -> tuple[int, bool]:
@@ -237,8 +240,8 @@ def format_split(
     if stats.samples and stats.ending_at_eot != stats.samples:
         raise FormatError(
             f"{stats.samples - stats.ending_at_eot} of {stats.samples} rendered samples do not end "
-            f"with the end-of-turn token {tokenizer.eos_token!r}; the chat template and eos_token "
-            "of the base model disagree — set format.style: text or fix the tokenizer"
+            f"with the end-of-turn token {end_of_turn_text(tokenizer)!r}; the chat template and "
+            "end-of-turn token of the base model disagree — set model.eos_token, or format.style: text"
         )
     atomic_write_jsonl(out_path, rows)
     return stats
@@ -260,7 +263,7 @@ def format_splits(
         log.info(
             "%s: %d samples, %d tokens (mean %.0f, max %d), all ending at %r; %d chunk(s) cut to fit %s tokens",
             split, s.samples, sum(s.tokens), stats[split]["tokens_mean"], stats[split]["tokens_max"],
-            tokenizer.eos_token if style == "chat" else "EOS", s.chunks_cut_to_fit, max_seq_length or "no limit",
+            end_of_turn_text(tokenizer) if style == "chat" else "EOS", s.chunks_cut_to_fit, max_seq_length or "no limit",
         )
         if s.over_max_seq_length:
             log.warning(

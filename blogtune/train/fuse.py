@@ -7,6 +7,7 @@ carried over from the base, and a check that the template survived.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -40,18 +41,26 @@ def fuse_adapters(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     log.info("loading %s with adapters %s", base_dir, adapter_dir)
     model, tokenizer, config = load(str(base_dir), adapter_path=str(adapter_dir), return_config=True)
     fused = [(n, m.fuse(dequantize=True)) for n, m in model.named_modules() if hasattr(m, "fuse")]
-    if not fused:
+    # train.fine_tune_type: full saves whole trained weights, which `load` has already put in place.
+    full = adapter_fine_tune_type(Path(adapter_dir)) == "full"
+    if not fused and not full:
         raise FuseError(f"no LoRA/DoRA layers found in {adapter_dir}; nothing to fuse")
-    model.update_modules(tree_unflatten(fused))
+    if fused:
+        model.update_modules(tree_unflatten(fused))
     model = dequantize_model(model)
     config.pop("quantization", None)
     config.pop("quantization_config", None)
-    log.info("fused %d adapter layers; saving de-quantized model", len(fused))
+    log.info("%s; saving de-quantized model", "fully trained weights" if full else f"fused {len(fused)} adapter layers")
     with atomic_dir(out_dir) as tmp:
         save(tmp, str(base_dir), model, tokenizer, config, donate_model=False)
         copy_tokenizer_files(Path(base_dir), tmp)
         check_chat_template(Path(base_dir), tmp)
     return Path(out_dir)
+
+
+def adapter_fine_tune_type(adapter_dir: Path) -> str:
+    path = adapter_dir / "adapter_config.json"
+    return json.loads(path.read_text(encoding="utf-8")).get("fine_tune_type", "lora") if path.is_file() else "lora"
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:

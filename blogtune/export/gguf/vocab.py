@@ -39,7 +39,7 @@ _LOOKS_SPECIAL = re.compile(r"^(<\|.*\|>|<｜.*｜>|<unused.*>|<pad>|<mask>)$")
 class VocabExport:
     model: str  # "gpt2" | "llama"
     pre: str
-    pre_source: str  # "hash" | "family" | "override" | "sentencepiece"
+    pre_source: str  # the rule that chose `pre`: "hash" | "override" | "sentencepiece"
     tokens: list[str]
     token_types: list[int]
     scores: list[float] | None = None
@@ -72,50 +72,29 @@ def chkhsh(tokenizer: Any) -> str:
     return sha256(str(tokenizer.encode(chktxt())).encode()).hexdigest()
 
 
-# A LoRA fine-tune never changes the tokenizer, so the base family decides when the hash is new
-# (e.g. a newer transformers that tokenizes the probe differently).
-def family_pre(model_type: str, n_tokens: int) -> str | None:
-    if n_tokens == 49152:
-        return "smollm"
-    if model_type in {"qwen2", "qwen3"}:
-        return "qwen2"
-    if model_type in {"llama", "mistral"} and 128000 <= n_tokens <= 128256:
-        return "llama-bpe"
-    if model_type in {"llama", "mistral"} and n_tokens == 131072:
-        return "tekken"
-    return None
+PRE_TOKENIZER_KEY = "export.pre_tokenizer"
 
 
-def detect_pre(
-    tokenizer: Any, model_type: str, n_tokens: int, override: str | None = None
-) -> tuple[str, str]:
-    """(pre name, how it was found). Raises ExportError when nothing fits and no override is given."""
+def detect_pre(tokenizer: Any, model_type: str, n_tokens: int, override: str | None = None) -> tuple[str, str]:
+    """(pre name, the rule that chose it: "override" or "hash").
+
+    No guessing from the model family or the vocabulary size: a wrong pre-tokenizer makes
+    llama.cpp split text differently from training without any error, so an unknown hash stops
+    the export and names the config key that settles it.
+    """
     if override:
+        log.info("pre-tokenizer %r set by %s", override, PRE_TOKENIZER_KEY)
         return override, "override"
     digest = chkhsh(tokenizer)
     known = pre_hash_table().get(digest)
     if known:
         log.info("pre-tokenizer %r (chkhsh %s…)", known, digest[:12])
         return known, "hash"
-    guess = family_pre(model_type, n_tokens)
-    banner = "*" * 78
-    if guess:
-        log.warning(
-            "\n%s\n** UNKNOWN PRE-TOKENIZER HASH %s\n** falling back to %r from the model family "
-            "(model_type=%s, %d tokens).\n** If the tokenizer was changed, generation quality in llama.cpp/Ollama may "
-            "degrade;\n** pass pre_tokenizer=... explicitly once you have checked it.\n%s",
-            banner,
-            digest,
-            guess,
-            model_type,
-            n_tokens,
-            banner,
-        )
-        return guess, "family"
     raise ExportError(
         f"unknown BPE pre-tokenizer (chkhsh {digest}, model_type {model_type}, {n_tokens} tokens): "
-        "llama.cpp would split text differently from training. Pass pre_tokenizer=<llama.cpp name> "
-        "(e.g. 'llama-bpe', 'qwen2', 'smollm', 'gpt-2') if you know which family the tokenizer belongs to."
+        "llama.cpp would split text differently from training. Set "
+        f"{PRE_TOKENIZER_KEY} in config.yaml to the llama.cpp pre-tokenizer name of this tokenizer "
+        "(e.g. 'llama-bpe', 'qwen2', 'smollm', 'gpt-2') once you have checked which one it is."
     )
 
 

@@ -54,6 +54,14 @@ class ExportReport:
     def mb_per_s(self) -> float:
         return self.bytes / 1e6 / self.seconds if self.seconds else 0.0
 
+    def as_dict(self) -> dict:
+        """What the export decided, for export.json (and from there the run's metrics.json)."""
+        return {
+            "arch": self.arch, "outtype": self.outtype, "tensors": self.n_tensors, "bytes": self.bytes,
+            "seconds": round(self.seconds, 3), "pre_tokenizer": self.pre_tokenizer,
+            "pre_tokenizer_rule": self.pre_source, "tensor_types": self.tensor_types,
+        }
+
 
 def load_config(model_dir: Path) -> dict:
     path = Path(model_dir) / "config.json"
