@@ -17,6 +17,10 @@ rule chunk:
         index_missing=PLAN.index_missing,
     log:
         "logs/chunk/chunk.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
     conda:
         "../envs/blogtune.yaml"
     script:
@@ -37,6 +41,10 @@ rule split:
         salt=config["split"]["salt"],
     log:
         "logs/split/split.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
     conda:
         "../envs/blogtune.yaml"
     script:

@@ -32,6 +32,7 @@ rule evaluate:
     resources:
         mem_mb=8000,
         runtime=120,
+        gpu=0,
     conda:
         "../envs/blogtune.yaml"
     script:
@@ -137,8 +138,10 @@ rule report_assets:
         max_chars=config["chunk"]["max_chars"],
     log:
         log_path("report_assets"),
+    threads: 1
     resources:
         mem_mb=2000,
+        runtime=15,
     conda:
         "../envs/blogtune.yaml"
     script:

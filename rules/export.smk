@@ -1,5 +1,10 @@
 # Fused model -> GGUF -> Ollama Modelfile (and, on request, the model inside Ollama).
 
+# `ollama` talks to the Ollama server at ollama.host (default 127.0.0.1: the machine you run
+# snakemake on), so under a cluster executor it runs there, not on a compute node.
+localrules:
+    ollama,
+
 
 rule export_gguf:
     input:
@@ -11,8 +16,10 @@ rule export_gguf:
         name=export_name(),
     log:
         log_path("export_gguf"),
+    threads: 1
     resources:
         mem_mb=4000,
+        runtime=30,
     conda:
         "../envs/blogtune.yaml"
     script:
@@ -31,6 +38,10 @@ rule modelfile:
         template=config["modelfile"]["template"],
     log:
         log_path("modelfile"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
     conda:
         "../envs/blogtune.yaml"
     script:
@@ -54,6 +65,10 @@ rule ollama:
         template=config["modelfile"]["template"],
     log:
         log_path("ollama"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=30,
     conda:
         "../envs/blogtune.yaml"
     script:

@@ -9,8 +9,10 @@ rule import_base:
         model=directory(model_path("base_hf")),
     log:
         log_path("import_base"),
+    threads: 1
     resources:
         mem_mb=4000,
+        runtime=30,
     conda:
         "../envs/blogtune.yaml"
     script:
@@ -31,8 +33,10 @@ rule convert:
         trust_remote_code=config["trust_remote_code"],
     log:
         log_path("convert"),
+    threads: 1
     resources:
         mem_mb=8000,
+        runtime=60,
     conda:
         "../envs/blogtune.yaml"
     script:
@@ -57,6 +61,10 @@ rule format:
         system_prompt=config["system_prompt"],
     log:
         log_path("format"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
     conda:
         "../envs/blogtune.yaml"
     script:

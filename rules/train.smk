@@ -20,6 +20,7 @@ rule train:
     resources:
         mem_mb=8000,
         runtime=240,
+        gpu=0,
     conda:
         "../envs/blogtune.yaml"
     script:
@@ -34,8 +35,10 @@ rule fuse:
         model=directory(model_path("fused")),
     log:
         log_path("fuse"),
+    threads: 1
     resources:
         mem_mb=8000,
+        runtime=30,
     conda:
         "../envs/blogtune.yaml"
     script:
