@@ -136,7 +136,9 @@ def check_memory(model_config: dict | None, config: dict) -> None:
         raise PreflightError(str(err)) from None
 
 
-def run_preflight(config: dict, workdir: Path) -> Plan:
+def run_preflight(config: dict, workdir: Path, check_machine_memory: bool = True) -> Plan:
+    """check_machine_memory: compare training's estimate with THIS machine's memory. False where
+    jobs run elsewhere (a cluster): the train job checks again on its node."""
     from blogtune.model.formatting import FormatError, validate_prompts
     from blogtune.model.model_checks import (
         ModelPreflightError,
@@ -171,5 +173,6 @@ def run_preflight(config: dict, workdir: Path) -> Plan:
     if source.kind == "local":
         plan.base_model_files = local_model_files(source.path)
     plan.export_arch = check_export(model_config)
-    check_memory(model_config, config)
+    if check_machine_memory:
+        check_memory(model_config, config)
     return plan

@@ -7,15 +7,21 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
-# Script jobs run in fresh interpreters: let them import the blogtune package too.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
-)
+# Script jobs run in fresh interpreters: let them import the blogtune package too. A cluster job
+# re-parses this file on its node (same shared paths), so it sets this there too; no duplicates.
+if workflow.basedir not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
+    )
 
 from blogtune.preflight import PreflightError, run_preflight  # noqa: E402
 
+# Jobs run on this machine only with the local executor; a cluster job (remote_exec) re-parses
+# the workflow on its node, where the planning machine's memory means nothing either.
+RUNS_HERE = workflow.local_exec and not workflow.remote_exec
+
 try:
-    PLAN = run_preflight(config, Path.cwd())
+    PLAN = run_preflight(config, Path.cwd(), check_machine_memory=RUNS_HERE)
 except PreflightError as err:
     raise WorkflowError(f"blogtune: {err}") from None
 
@@ -27,12 +33,13 @@ MODEL_SLUG = MODEL.slug
 
 def all_cores():
     """Threads for the heavy rules: every core given with --cores. Commands that run no job
-    (`--report`, `--lint`) give none; then any number will do, Snakemake caps it anyway.
-    """
+    (`--report`, `--lint`) give none; then any number will do, Snakemake caps it anyway. A
+    cluster run gives none either, and the planning machine's core count means nothing on the
+    nodes: there the profile's `set-threads` decides (profiles/slurm), else 1."""
     try:
         return workflow.cores
     except WorkflowError:
-        return os.cpu_count() or 1
+        return (os.cpu_count() or 1) if RUNS_HERE else 1
 
 
 def data_path(name):

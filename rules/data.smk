@@ -16,6 +16,10 @@ rule chunk:
         "logs/chunk/chunk.log",
     conda:
         "../envs/blogtune.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         max_chars=config["chunk"]["max_chars"],
         boilerplate_min_fraction=config["chunk"]["boilerplate_min_fraction"],
@@ -39,6 +43,10 @@ rule split:
         "logs/split/split.log",
     conda:
         "../envs/blogtune.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
     params:
         fractions=config["split"]["fractions"],
         salt=config["split"]["salt"],

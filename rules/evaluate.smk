@@ -22,6 +22,7 @@ rule evaluate:
     resources:
         mem_mb=8000,
         runtime=120,
+        gpu=0,
     params:
         # Score exactly the tokens training scored.
         mask_prompt=config["train"]["mask_prompt"],
@@ -133,8 +134,10 @@ rule report_assets:
         log_path("report_assets"),
     conda:
         "../envs/blogtune.yaml"
+    threads: 1
     resources:
         mem_mb=2000,
+        runtime=15,
     params:
         base_model=config["base_model"],
         model_slug=MODEL_SLUG,

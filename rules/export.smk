@@ -1,6 +1,12 @@
 # Fused model -> GGUF -> Ollama Modelfile (and, on request, the model inside Ollama).
 
 
+# `ollama` talks to the Ollama server at ollama.host (default 127.0.0.1: the machine you run
+# snakemake on), so under a cluster executor it runs there, not on a compute node.
+localrules:
+    ollama,
+
+
 rule export_gguf:
     input:
         model=rules.fuse.output.model,
@@ -12,8 +18,10 @@ rule export_gguf:
         log_path("export_gguf"),
     conda:
         "../envs/blogtune.yaml"
+    threads: 1
     resources:
         mem_mb=4000,
+        runtime=30,
     params:
         outtype=config["export"]["gguf_type"],
         name=export_name(),
@@ -32,6 +40,10 @@ rule modelfile:
         log_path("modelfile"),
     conda:
         "../envs/blogtune.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
     params:
         system=config["system_prompt"],
         parameters=config["modelfile"]["parameters"],
@@ -52,6 +64,10 @@ rule ollama:
         log_path("ollama"),
     conda:
         "../envs/blogtune.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=30,
     params:
         host=config["ollama"]["host"],
         model_name=export_name(),

@@ -11,8 +11,10 @@ rule import_base:
         log_path("import_base"),
     conda:
         "../envs/blogtune.yaml"
+    threads: 1
     resources:
         mem_mb=4000,
+        runtime=30,
     script:
         "../scripts/import_base.py"
 
@@ -26,8 +28,10 @@ rule convert:
         log_path("convert"),
     conda:
         "../envs/blogtune.yaml"
+    threads: 1
     resources:
         mem_mb=8000,
+        runtime=60,
     params:
         source=hf_model_source,
         quantize=config["model"]["quantize"],
@@ -56,6 +60,10 @@ rule format:
         log_path("format"),
     conda:
         "../envs/blogtune.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         style=config["format"]["style"],
         max_seq_length=(

@@ -18,6 +18,7 @@ rule train:
     resources:
         mem_mb=8000,
         runtime=240,
+        gpu=0,
     params:
         settings=config["train"],
         # Resume state lives outside the outputs: Snakemake deletes a failed job's outputs.
@@ -36,7 +37,9 @@ rule fuse:
         log_path("fuse"),
     conda:
         "../envs/blogtune.yaml"
+    threads: 1
     resources:
         mem_mb=8000,
+        runtime=30,
     script:
         "../scripts/fuse.py"
