@@ -45,6 +45,7 @@ rule format:
         valid=rules.split.output.valid,
         test=rules.split.output.test,
         model=rules.convert.output.model,
+        knowledge=rules.teach_merge.output.samples,
     output:
         train=model_path("data/train.jsonl"),
         valid=model_path("data/valid.jsonl"),
@@ -55,6 +56,7 @@ rule format:
         max_seq_length=config["train"]["max_seq_length"] if config["format"]["cut_to_fit"] else None,
         prompts=config["format"].get("prompts"),
         system_prompt=config["system_prompt"],
+        mix=config["format"]["mix"],
     log:
         log_path("format"),
     conda:
