@@ -16,6 +16,7 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/teach_common.smk"
 include: "rules/data.smk"
 include: "rules/teach.smk"
 include: "rules/model.smk"

@@ -155,6 +155,10 @@ def teach_posts(chunks: Iterable[dict], settings: TeachSettings, teacher=None, c
         sources = {"": _text, **{s.heading: s.text for s in sections}}  # "": post-level (outline)
         kept = filter_records(made, sources, settings.limits, post_drops)
         held = hold_out(kept, settings.heldout_fraction, settings.heldout_salt)
+        # a group sharing a held-out answer (one sentence naming two `identifiers`) is held out too:
+        # no held-out answer is ever trained on as an answer
+        held_answers = {normalize(r["answer"]) for r in kept if r["group"] in held}
+        held |= {r["group"] for r in kept if r["kind"] != "rewrite" and normalize(r["answer"]) in held_answers}
         first_of_group = set()
         n_made = Counter((r["kind"], r["source"]) for r in made)
         n_drop = Counter((d["kind"], d["source"]) for d in post_drops)

@@ -103,13 +103,20 @@ class OpenAITeacher:
             todo = set(futures)
             while todo:
                 done, todo = wait(todo, return_when=FIRST_EXCEPTION)
+                # answered requests first: a post finished in this round is yielded (and cached)
+                # before another request's failure is raised
+                failed = [f for f in done if f.exception() is not None]
                 for fut in done:
+                    if fut.exception() is not None:
+                        continue
                     req = futures[fut]
-                    answers[req.post][req.key] = fut.result()  # raises TeachError
+                    answers[req.post][req.key] = fut.result()
                     pending[req.post] -= 1
                     if pending[req.post] == 0:
                         del pending[req.post]
                         yield req.post, answers.pop(req.post)
+                if failed:
+                    raise failed[0].exception()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
