@@ -1,5 +1,6 @@
 """Rule teach_merge: the teach shards -> results/data/teach/{samples,heldout}.jsonl, drops/counts TSV."""
 
+import logging
 import sys
 from pathlib import Path
 
@@ -16,8 +17,6 @@ if "snakemake" in globals():
     n = len(smk.input.samples)
     shards = [{k: smk.input[k][i] for k in NAMES} for i in range(n)]
     stats = merge(shards, {k: smk.output[k] for k in NAMES})["stats"]
-    import logging
-
     logging.getLogger("blogtune.teach").info(
         "teach: %d posts (%d asked, %d from cache), %d teacher requests; samples %s; held out %s; %d dropped",
         stats["posts"], stats["posts_asked"], stats["posts_cached"], stats["requests"], stats["samples_by_kind"],

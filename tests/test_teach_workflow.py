@@ -146,3 +146,33 @@ def test_new_post_asks_only_about_itself(teach_work):
         post.unlink()
     run_snakemake(work, "format")
     assert teach_stats(work)["requests"] == 0, "removing it asks nothing either"
+
+
+def test_interrupted_teach_job_fails_clearly_and_resumes_without_asking_again(tmp_path):
+    """The teach rule alone (no model needed): the endpoint fails after the first post's requests;
+    the job fails naming the post and the endpoint; the rerun asks only about unfinished posts."""
+    from blogtune.teach.testing import FlakyServer
+
+    blog, work = tmp_path / "blog", tmp_path / "work"
+    for i, topic in enumerate(TOPICS[:5]):
+        write_post(blog, f"2024010{i}_01", topic)
+    answer = "Q: How often is the command run?\nA: Run it nightly."
+    with FlakyServer("status500", good=2, answer=answer) as server:
+        overrides = {"blog": {"dir": str(blog)}, "split": {"fractions": FRACTIONS},
+                     "teach": {"questions_per_section": 1, "rewrites": [],
+                               "teacher": {"kind": "openai", "base_url": server.url, "model": "m",
+                                           "concurrency": 1, "retries": 0}}}
+        write_config(work, overrides)
+        proc = run_snakemake(work, "results/data/teach/stats.json", check=False)
+        assert proc.returncode != 0
+        log = (work / "logs/teach/shard0.log").read_text() + proc.stderr
+        assert "failed" in log and server.url in log and "post 2024/" in log
+        assert len(list((work / "results/data/teach/cache").rglob("*.json"))) == 1
+        assert not (work / "results/data/teach/shards/0/samples.jsonl").exists()
+        server.good = 10**6
+        asked = server.requests
+        run_snakemake(work, "results/data/teach/stats.json")
+        stats = teach_stats(work)
+        assert stats["posts_cached"] == 1 and stats["posts_asked"] == 2
+        assert server.requests - asked == stats["requests"] == 4
+        assert any(r["source"] == "teacher" for r in read_jsonl(work / "results/data/teach/samples.jsonl"))

@@ -12,4 +12,6 @@ shared notes "knowledge-from-posts"). Modules, leaves first:
   cache      per-post teacher answers keyed by post content + teacher + prompt version
   stage      one shard of posts: ask (or reuse), filter, hold out, write
   mix        the training mix read by `format`
+  testing    real servers for tests and bench: llama.cpp on blogtune's own f16 GGUF, and a
+             tiny HTTP server that misbehaves on cue
 """
