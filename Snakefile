@@ -16,7 +16,9 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/teach_common.smk"
 include: "rules/data.smk"
+include: "rules/teach.smk"
 include: "rules/model.smk"
 include: "rules/train.smk"
 include: "rules/export.smk"

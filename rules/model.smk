@@ -51,6 +51,7 @@ rule format:
         valid=rules.split.output.valid,
         test=rules.split.output.test,
         model=rules.convert.output.model,
+        knowledge=rules.teach_merge.output.samples,
     output:
         train=model_path("data/train.jsonl"),
         valid=model_path("data/valid.jsonl"),
@@ -73,5 +74,6 @@ rule format:
         ),
         prompts=config["format"].get("prompts"),
         system_prompt=config["system_prompt"],
+        mix=config["format"]["mix"],
     script:
         "../scripts/format.py"

@@ -41,3 +41,13 @@ def tiny_model_factory(tmp_path_factory, smollm2_tok_dir):
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_model_factory) -> Path:
     return tiny_model_factory("llama")
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """A real OpenAI-compatible llama.cpp server on an f16 GGUF blogtune wrote from the embedded model."""
+    from blogtune.testing_servers import LlamaServer, build_f16_gguf
+
+    work = tmp_path_factory.mktemp("llama_server")
+    with LlamaServer(build_f16_gguf(work), log=work / "server.log") as server:
+        yield server

@@ -11,7 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # Stages in import order: a stage may import only those before it (and the leaves).
-STAGES = ("data", "model", "train", "evaluate", "export", "report")
+STAGES = ("data", "teach", "model", "train", "evaluate", "export", "exam", "report")
 LEAVES = {"io_utils", "logs", "blas", "schema"}
 # The one `snakemake --lint` remark kept: jobs must import the blogtune of the workflow's own
 # checkout (PYTHONPATH=basedir), not whichever copy an environment has installed.
@@ -74,5 +74,5 @@ def test_scripts_are_main_of_snakemake_without_sys_path_patches():
         text = path.read_text(encoding="utf-8")
         assert "sys.path.insert" not in text, path.name
         assert re.search(r"^def main\(snakemake\)", text, re.M), f"{path.name}: no main(snakemake)"
-        assert re.search(r'mock_snakemake\("\w+"\)', text), f"{path.name}: no standalone entry"
+        assert re.search(r'mock_snakemake\("\w+"[,)]', text), f"{path.name}: no standalone entry"
         assert "argparse" not in text, f"{path.name}: standalone runs go through mock_snakemake"

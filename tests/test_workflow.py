@@ -20,7 +20,8 @@ TINY_TRAIN = {
     "steps_per_report": 2, "steps_per_eval": 2, "save_every": 2, "val_batches": 2, "warmup_steps": 1,
 }
 TINY_EVAL = {"max_tokens": 8, "heldout_prompts": 1, "train_sample_articles": 1, "prompts": ["What is pg_tidy?"]}
-UPSTREAM = {"chunk", "split", "format", "convert", "train", "fuse"}
+UPSTREAM = {"chunk", "split", "teach", "teach_merge", "format", "convert", "train", "fuse"}
+DATA_DOWN = {"chunk", "split", "teach", "teach_merge", "format", "train", "fuse"}  # new posts, chunk settings
 
 
 def copy_sample_posts(dst: Path, n: int) -> list[Path]:
@@ -104,7 +105,7 @@ def test_changed_chunk_setting_does_not_convert(built):
     work = built["work"]
     write_config(work, {**built["overrides"], "chunk": {"max_chars": 700}})
     try:
-        assert set(dry_run_reasons(work, "fuse")) == {"chunk", "split", "format", "train", "fuse"}
+        assert set(dry_run_reasons(work, "fuse")) == DATA_DOWN
     finally:
         write_config(work, built["overrides"])
 
@@ -125,7 +126,7 @@ def test_new_post_reruns_data_and_training_but_not_convert(built, tmp_path):
     post = new_post(blog, "20990101_01", "Checkpoint tuning")
     try:
         reasons = dry_run_reasons(work, "fuse")
-        assert set(reasons) == {"chunk", "split", "format", "train", "fuse"}
+        assert set(reasons) == DATA_DOWN
         assert "convert" not in reasons
         run_snakemake(work, "split")
         after = split_assignment(work)
@@ -164,7 +165,7 @@ def test_default_target_exports_gguf_modelfile_and_evaluation(built):
     changes = [
         ({"export": {"gguf_type": "q8_0"}}, None),
         ({"modelfile": {"parameters": {"temperature": 0.2, "num_ctx": 1024}}}, {"modelfile", "report_assets"}),
-        ({"system_prompt": "You are my blog."}, UPSTREAM - {"chunk", "split", "convert"}),
+        ({"system_prompt": "You are my blog."}, UPSTREAM - {"chunk", "split", "teach", "teach_merge", "convert"}),
     ]
     for change, expected in changes:
         write_config(work, {**built["overrides"], **change})

@@ -44,6 +44,7 @@ class FormatStats:
     tokens: list[int] = field(default_factory=list)
     ending_at_eot: int = 0
     chunks_cut_to_fit: int = 0  # chunks cut again so that their samples fit max_seq_length
+    knowledge: int = 0  # samples from the teach stage (blogtune.teach.mix)
     over_max_seq_length: int = 0  # samples still longer (a code line cannot be cut): truncated
 
     def as_dict(self) -> dict:
@@ -56,6 +57,7 @@ class FormatStats:
             "ending_at_end_of_turn": self.ending_at_eot,
             "chunks_cut_to_fit": self.chunks_cut_to_fit,
             "over_max_seq_length": self.over_max_seq_length,
+            "knowledge_samples": self.knowledge,
         }
 
 
@@ -208,9 +210,13 @@ def format_split(
     prompts: dict[str, str] | None = None,
     system_prompt: str | None = None,
     max_seq_length: int | None = None,
+    extra: Iterable[dict] = (),
+    chunk_weight: float = 1.0,
 ) -> FormatStats:
     """Write one split's samples; every sample is checked against the tokenizer. With
-    `max_seq_length`, chunks whose samples are longer are first cut to fit (see the module doc)."""
+    `max_seq_length`, chunks whose samples are longer are first cut to fit (see the module doc).
+    `extra`: ready samples (the teach stage's, via blogtune.teach.mix) checked and written too;
+    `chunk_weight`: copies of each chunk sample (the training mix's `chunks` weight)."""
     prompts = validate_prompts(prompts or DEFAULT_PROMPTS)
     if style == "chat" and not getattr(tokenizer, "chat_template", None):
         raise FormatError(
@@ -229,8 +235,13 @@ def format_split(
             chunks, lambda c: check_sample(make(c), tokenizer, style)[0], max_seq_length
         )
     rows = []
-    for chunk in chunks:
-        sample = make(chunk)
+    if chunk_weight != 1.0:
+        from blogtune.teach import weighted
+
+        chunks = weighted(chunks, chunk_weight, lambda c: (c["article_id"], str(c["part"]), c["text"][:64]))
+    extra = list(extra)
+    stats.knowledge = len(extra)
+    for sample in [make(c) for c in chunks] + extra:
         n_tokens, ends = check_sample(sample, tokenizer, style)
         stats.samples += 1
         stats.tokens.append(n_tokens)
@@ -255,10 +266,14 @@ def format_splits(
     prompts: dict[str, str] | None,
     system_prompt: str | None,
     max_seq_length: int | None = None,
+    extra: dict[str, list[dict]] | None = None,
+    chunk_weight: float = 1.0,
 ) -> dict[str, dict]:
+    """`extra`/`chunk_weight`: the training mix, applied to the train split only."""
     stats = {}
     for split, src in split_files.items():
-        s = format_split(read_jsonl(src), out_files[split], tokenizer, style, prompts, system_prompt, max_seq_length)
+        s = format_split(read_jsonl(src), out_files[split], tokenizer, style, prompts, system_prompt, max_seq_length,
+                         (extra or {}).get(split, ()), chunk_weight if split == "train" else 1.0)
         stats[split] = s.as_dict()
         log.info(
             "%s: %d samples, %d tokens (mean %.0f, max %d), all ending at %r; %d chunk(s) cut to fit %s tokens",

@@ -1,0 +1,93 @@
+"""Teacher-free views: questions with short answers computed from the markdown itself.
+
+They exist on every run (no teacher, no network). Each item is a *group* of phrasings of one
+question with one answer; held-out selection and the exam work on groups, so a held-out fact is
+never trained in another phrasing.
+"""
+
+from __future__ import annotations
+
+from blogtune.teach.sections import Section, sentences
+
+MAX_LEAD_CHARS = 300
+
+PHRASINGS = {
+    "outline": {
+        "en": ['What are the sections of my post "{title}"?', 'Give me the outline of "{title}".',
+               'How is the post "{title}" structured?'],
+        "zh": ["我的文章《{title}》分哪几个部分？", "列出《{title}》的提纲。", "《{title}》这篇文章的结构是什么？"],
+    },
+    "section": {
+        "en": ['In my post "{title}", what is the section "{heading}" about?',
+               'Summarize the section "{heading}" of "{title}" in one sentence.',
+               'What is the main point of "{heading}" in my post "{title}"?'],
+        "zh": ["在《{title}》里，“{heading}”这一节讲了什么？", "用一句话概括《{title}》的“{heading}”一节。",
+               "《{title}》中“{heading}”部分的要点是什么？"],
+    },
+    "command": {
+        "en": ['Show the {what} from the section "{heading}" of my post "{title}".',
+               'What {what} do I use in "{title}", section "{heading}"?'],
+        "zh": ["给出《{title}》“{heading}”一节里的{what}。", "《{title}》的“{heading}”部分用的{what}是什么？"],
+    },
+    "fact": {
+        "en": ['In my post "{title}", what does it say about `{name}`?',
+               'What does "{title}" say about `{name}`?'],
+        "zh": ["《{title}》里是怎么说 `{name}` 的？", "在《{title}》中，`{name}` 是什么？"],
+    },
+}
+CODE_WORDS = {"en": ("command", "code block {k}"), "zh": ("命令", "第 {k} 段代码")}
+
+
+def _group(section: Section, kind: str, ident: str, fields: dict, answer: str) -> list[dict]:
+    qs = PHRASINGS[kind][section.lang]
+    group = f"view:{kind}:{section.article_id}#{ident}"
+    return [
+        {"article_id": section.article_id, "title": section.title, "heading": section.heading, "kind": kind,
+         "source": "view", "group": group, "question": q.format(title=section.title, **fields),
+         "answer": answer, "lang": section.lang}
+        for q in qs
+    ]
+
+
+def outline(sections: list[Section]) -> list[dict]:
+    heads = [s.heading for s in sections if s.heading != s.title]
+    if len(heads) < 2:
+        return []
+    rows = _group(sections[0], "outline", "", {}, "\n".join(f"- {h}" for h in heads))
+    return [{**r, "heading": ""} for r in rows]  # post-level: grounded in the whole post
+
+
+def lead(section: Section) -> str:
+    """The first sentences of a section's prose, up to MAX_LEAD_CHARS (an extractive summary)."""
+    out = ""
+    for s in sentences(section.prose):
+        if out and len(out) + len(s) > MAX_LEAD_CHARS:
+            break
+        out = f"{out} {s}".strip() if section.lang == "en" else out + s
+    return out[:MAX_LEAD_CHARS]
+
+
+def section_views(section: Section) -> list[dict]:
+    rows: list[dict] = []
+    fields = {"heading": section.heading}
+    text = lead(section)
+    if text and section.heading != section.title:
+        rows += _group(section, "section", section.heading, fields, text)
+    single, numbered = CODE_WORDS[section.lang]
+    for k, (info, code) in enumerate(section.code_blocks, start=1):
+        what = single if len(section.code_blocks) == 1 else numbered.format(k=k)
+        answer = f"```{info}\n{code.rstrip()}\n```"
+        rows += _group(section, "command", f"{section.heading}#{k}", {**fields, "what": what}, answer)
+    for name in section.inline_code:
+        said = [s for s in sentences(section.prose) if f"`{name}`" in s][:2]
+        if said:
+            joiner = " " if section.lang == "en" else ""
+            rows += _group(section, "fact", f"{section.heading}#{name}", {"name": name}, joiner.join(said))
+    return rows
+
+
+def post_views(sections: list[Section]) -> list[dict]:
+    rows = outline(sections)
+    for s in sections:
+        rows += section_views(s)
+    return rows
