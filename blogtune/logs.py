@@ -9,11 +9,14 @@ from pathlib import Path
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
+def setup_logging(
+    log_file: str | Path | None = None, level: int = logging.INFO, append: bool = False
+) -> None:
+    """append: add to log_file (a process started by one that logs there already)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w", encoding="utf-8"))
+        handlers.append(logging.FileHandler(log_file, mode="a" if append else "w", encoding="utf-8"))
     logging.basicConfig(level=level, format=FORMAT, datefmt="%H:%M:%S", handlers=handlers, force=True)
 
 

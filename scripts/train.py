@@ -1,65 +1,30 @@
 """Rule train: MLX base model + formatted data -> LoRA/DoRA/full adapters, loss curve, summary.
 
 Standalone: `python scripts/train.py` runs the job `snakemake train` would (config.yaml's settings).
+With train.distributed it starts that many mlx.distributed processes (blogtune.train.launch).
 An interrupted run (SIGTERM/SIGINT) checkpoints into the resume dir and exits 128+signal;
 rerunning the same job continues from there.
 """
 
-import json
-import logging
 import sys
-from pathlib import Path
 
-from blogtune.logs import setup_logging, snakemake_log
-
-log = logging.getLogger("train")
-
-
-def run(
-    model_dir,
-    train_file,
-    out_dir,
-    loss_csv,
-    summary,
-    settings: dict,
-    resume_dir=None,
-    threads=None,
-    log_file=None,
-) -> int:
-    setup_logging(log_file)
-    from blogtune import blas
-
-    blas.setup_mlx_cpu(threads)  # before mlx is imported anywhere
-    from blogtune.io_utils import atomic_write_json
-    from blogtune.train import TrainingInterrupted, TrainSettings, train
-
-    ts = TrainSettings.from_dict(settings)
-    data_dir = Path(train_file).parent
-    log.info("settings: %s", json.dumps(ts.to_dict()))
-    try:
-        result = train(
-            model_dir, data_dir, out_dir, ts, loss_csv=loss_csv, resume_dir=resume_dir, threads=threads
-        )
-    except TrainingInterrupted as err:
-        log.warning("%s; rerun the same job to resume from %s", err, resume_dir)
-        return 128 + err.signum
-    info = blas.blas_report(measure=True)
-    log.info("BLAS: %s", info)
-    atomic_write_json(summary, {"settings": ts.to_dict(), **result.to_dict(), "blas": info})
-    return 0
+from blogtune.logs import snakemake_log
+from blogtune.train.launch import run_train
 
 
 def main(snakemake) -> int:
-    return run(
-        snakemake.input.model,
-        snakemake.input.train,
-        snakemake.output.adapters,
-        snakemake.output.loss_csv,
-        snakemake.output.summary,
-        dict(snakemake.params.settings),
-        snakemake.params.get("resume_dir"),
-        snakemake.threads,
-        snakemake_log(snakemake),
+    return run_train(
+        {
+            "model_dir": str(snakemake.input.model),
+            "train_file": str(snakemake.input.train),
+            "out_dir": str(snakemake.output.adapters),
+            "loss_csv": str(snakemake.output.loss_csv),
+            "summary": str(snakemake.output.summary),
+            "settings": dict(snakemake.params.settings),
+            "resume_dir": snakemake.params.get("resume_dir"),
+            "threads": snakemake.threads,
+            "log_file": snakemake_log(snakemake),
+        }
     )
 
 

@@ -1,4 +1,6 @@
-"""Resume state: checkpoints of adapter weights, optimizer state (incl. the LR-schedule step) and step.
+"""Resume state: checkpoints of adapter weights, optimizer state (incl. the LR-schedule step), step
+and the gradient-accumulation buffer (an interrupt between two updates would otherwise drop the
+gradients of the batches since the last update, and the resumed run would diverge).
 
 mlx-lm saves adapters only, so a resumed mlx_lm.lora run restarts its optimizer; here the data
 order (seed, epoch) and the dropout RNG (seed, step) are pure functions of the step, so a resumed
@@ -23,8 +25,13 @@ from blogtune.train.settings import TrainSettings
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
-# Settings that change what is computed; the rest only change logging/eval cadence, or are exact.
-_NOT_FINGERPRINTED = ("steps_per_report", "steps_per_eval", "val_batches", "save_every", "compile", "prefix_cache")
+GRAD_ACCUM = "grad_accum.safetensors"
+# Settings that change what is computed; the rest only change logging/eval cadence, or are exact
+# (distributed: the same sums in another order, so a run cut under N processes resumes under M).
+_NOT_FINGERPRINTED = (
+    "steps_per_report", "steps_per_eval", "val_batches", "save_every", "compile", "prefix_cache",
+    "distributed",
+)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -69,7 +76,8 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(resume_dir: Path, model, optimizer, state: dict) -> None:
+def save_checkpoint(resume_dir: Path, model, optimizer, state: dict, grad_accum=None) -> None:
+    """grad_accum: gradients summed since the last optimizer update (None on an update boundary)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
@@ -78,6 +86,8 @@ def save_checkpoint(resume_dir: Path, model, optimizer, state: dict) -> None:
             str(tmp / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
         )
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
+        if grad_accum is not None:
+            mx.save_safetensors(str(tmp / GRAD_ACCUM), dict(tree_flatten(grad_accum)))
         (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
 
 
@@ -100,9 +110,10 @@ def load_checkpoint(resume_dir: Path, expect_fp: str) -> dict | None:
     return state
 
 
-def restore(resume_dir: Path, model, optimizer) -> None:
+def restore(resume_dir: Path, model, optimizer):
+    """Load adapters and optimizer state; returns the saved gradient-accumulation buffer or None."""
     import mlx.core as mx
-    from mlx.utils import tree_flatten, tree_unflatten
+    from mlx.utils import tree_flatten, tree_map_with_path, tree_unflatten
 
     ckpt = resume_dir / CHECKPOINT
     model.load_weights(list(mx.load(str(ckpt / "adapters.safetensors")).items()), strict=False)
@@ -111,10 +122,19 @@ def restore(resume_dir: Path, model, optimizer) -> None:
     current = dict(tree_flatten(optimizer.state))
     current.update(saved)
     optimizer.state = tree_unflatten(list(current.items()))
+    if not (ckpt / GRAD_ACCUM).is_file():
+        return None
+    grads = mx.load(str(ckpt / GRAD_ACCUM))
+    # Shaped like the trainable parameters, as value_and_grad returns it.
+    return tree_map_with_path(lambda path, _: grads[path], model.trainable_parameters())
 
 
 class SignalCatcher:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (handlers restored on exit)."""
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (handlers restored on exit).
+
+    SIGUSR1 is the distributed launcher passing a stop on (blogtune.train.launch): a rank that got
+    Ctrl-C or SLURM's SIGTERM itself as well must count that once, never as the "stop now" second.
+    """
 
     def __init__(self):
         self.signum: int | None = None
@@ -124,13 +144,17 @@ class SignalCatcher:
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):  # noqa: ARG002
-        if self.signum is not None:  # second signal: stop now
-            raise KeyboardInterrupt
+        if self.signum is not None:
+            if signal.SIGUSR1 not in (signum, self.signum):
+                raise KeyboardInterrupt  # a second Ctrl-C / SIGTERM: stop now
+            if signum != signal.SIGUSR1:  # the same stop, seen twice: keep the real signal
+                self.signum = signum
+            return
         self.signum = signum
         log.warning("signal %d: saving a checkpoint after this step, then stopping", signum)
 
@@ -140,11 +164,13 @@ class SignalCatcher:
         return False
 
 
-def interrupt(resume_dir, model, optimizer, state: dict, signum: int, step: int, bar) -> TrainingInterrupted:
+def interrupt(
+    resume_dir, model, optimizer, state: dict, signum: int, step: int, bar, grad_accum=None
+) -> TrainingInterrupted:
     """Close the progress bar, save a checkpoint (if there is a step to resume from): the error to raise."""
     if bar is not None:
         bar.close()
     if resume_dir is not None and step > 0:
-        save_checkpoint(Path(resume_dir), model, optimizer, state)
+        save_checkpoint(Path(resume_dir), model, optimizer, state, grad_accum)
         log.warning("checkpoint at step %d saved to %s; rerun to resume", step, resume_dir)
     return TrainingInterrupted(signum, step)

@@ -219,12 +219,15 @@ def train(
     threads: int | None = None,
     progress: bool | None = None,
     on_step: Callable[[int], None] | None = None,
+    group=None,
 ) -> TrainResult:
     """Fine-tune `model_dir` (an MLX model folder) on data_dir/{train,valid}.jsonl; adapters -> out_dir.
 
     resume_dir (outside out_dir): checkpoints for resume; deleted after success. threads: cores to
     use (default: all available to this process). progress: a tqdm bar on stderr (default: if a
-    TTY). on_step(step) is called after each step (tests use it to send signals).
+    TTY). on_step(step) is called after each step (tests use it to send signals). group: an
+    mlx.distributed group: this process trains on its share of each batch; only rank 0 writes
+    (adapters, loss_csv, checkpoints), every rank reads the checkpoint to resume.
     """
     from blogtune import blas
 
@@ -238,6 +241,8 @@ def train(
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
     resume_dir = Path(resume_dir) if resume_dir else None
     threads = threads or blas.available_cores()
+    rank, world = (group.rank(), group.size()) if group is not None else (0, 1)
+    writer = rank == 0
 
     model, tokenizer, cpu = load_model(model_dir, settings)
     train_set, valid_set = load_data(data_dir, tokenizer, settings)
@@ -271,17 +276,26 @@ def train(
         else ""
     )
     book = LossLog(iters)
-    start_step = 0
+    start_step, grad_accum = 0, None
     if resume_dir is not None:
         state = load_checkpoint(resume_dir, fp)
         if state is not None:
-            restore(resume_dir, model, optimizer)
+            grad_accum = restore(resume_dir, model, optimizer)
             start_step = int(state["step"])
             book.rows, book.trained_tokens = state["loss_rows"], int(state["trained_tokens"])
             book.elapsed_before = float(state["elapsed_s"])
             log.info("resuming from step %d/%d (checkpoint in %s)", start_step, iters, resume_dir)
     else:
         log.info("no resume_dir: an interrupted run will start over")
+    if world > 1:
+        agreed = mx.distributed.all_sum(mx.array(start_step), group=group).item()
+        if agreed != start_step * world:
+            raise RuntimeError(
+                f"rank {rank} resumes from step {start_step} but the ranks disagree: is {resume_dir} "
+                "the same folder on every host?"
+            )
+        log.info("rank %d of %d: trains on its share of every batch", rank, world)
+    save_dir = resume_dir if writer else None
 
     def ckpt_state(step: int) -> dict:
         return dict(
@@ -295,7 +309,8 @@ def train(
         )
 
     with patched_attention(model, enable=cpu) as patched, restored_attr(layer_cls, "__call__", layer_call):
-        runner = Runner(model, optimizer, settings, n_layers)
+        runner = Runner(model, optimizer, settings, n_layers, group)
+        runner.grad_accum = grad_accum  # gradients of the steps since the last update, if resumed
         log.info(
             "%s path: %s BLAS thread(s); attention %s; %s",
             "CPU" if cpu else "GPU",
@@ -314,14 +329,21 @@ def train(
             mx.reset_peak_memory()
             validate(0)
         model.train()
-        bar = progress_bar(progress, iters, start_step)
+        bar = progress_bar(progress if writer else False, iters, start_step)
         plans: dict[int, list[list[int]]] = {}
+
+        def stop(step: int, sig: SignalCatcher) -> None:
+            """Checkpoint and raise if a signal arrived (on any rank: all stop at the same step)."""
+            signum = sig.signum
+            if world > 1:
+                signum = mx.distributed.all_max(mx.array(signum or 0), group=group).item() or None
+            if signum is not None:
+                state = ckpt_state(step)
+                raise interrupt(save_dir, model, optimizer, state, signum, step, bar, runner.grad_accum)
+
         with SignalCatcher() as sig:
             for step in range(start_step + 1, iters + 1):
-                if sig.signum is not None:  # arrived before this step started
-                    raise interrupt(
-                        resume_dir, model, optimizer, ckpt_state(step - 1), sig.signum, step - 1, bar
-                    )
+                stop(step - 1, sig)  # arrived before this step started
                 epoch, pos = divmod(step - 1, per_epoch)
                 if epoch not in plans:
                     plans = {epoch: plan_batches(train_set.lengths, batch_size, settings.seed, epoch)}
@@ -338,23 +360,23 @@ def train(
                     validate(step)
                 if on_step is not None:
                     on_step(step)
-                if sig.signum is not None:
-                    raise interrupt(resume_dir, model, optimizer, ckpt_state(step), sig.signum, step, bar)
-                if resume_dir is not None and step % settings.save_every == 0 and step < iters:
-                    save_checkpoint(resume_dir, model, optimizer, ckpt_state(step))
+                stop(step, sig)
+                if save_dir is not None and step % settings.save_every == 0 and step < iters:
+                    save_checkpoint(save_dir, model, optimizer, ckpt_state(step), runner.grad_accum)
                     log.info("checkpoint: step %d -> %s", step, resume_dir)
         if bar is not None:
             bar.close()
 
-    with atomic_dir(out_dir) as tmp:
-        mx.save_safetensors(
-            str(tmp / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
-        )
-        atomic_write_json(tmp / "adapter_config.json", adapter_config(settings, keys, model_dir, n_layers))
-    if loss_csv is not None:
-        write_loss_csv(Path(loss_csv), book.rows)
-    if resume_dir is not None:
-        shutil.rmtree(resume_dir, ignore_errors=True)
+    if writer:
+        with atomic_dir(out_dir) as tmp:
+            mx.save_safetensors(
+                str(tmp / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
+            )
+            atomic_write_json(tmp / "adapter_config.json", adapter_config(settings, keys, model_dir, n_layers))
+        if loss_csv is not None:
+            write_loss_csv(Path(loss_csv), book.rows)
+        if resume_dir is not None:
+            shutil.rmtree(resume_dir, ignore_errors=True)
     train_time = sum(s[1] for s in book.step_stats)
     result = TrainResult(
         adapter_dir=out_dir,

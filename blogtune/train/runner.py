@@ -6,6 +6,10 @@ computed once and cached (exact), which skips their forward pass from the second
 stream with OpenBLAS on all cores and the whole step `mx.compile`d: splitting the batch over two
 streams (one BLAS thread each) was measured slower on 2 cores, 173 vs 212 tokens/s (16 layers),
 133 vs 146 (all layers); perf showed each stream thread busy only about half the run.
+
+With an mlx.distributed group each process takes its share of every batch (`shard`): gradients
+and losses are sums over its scored tokens, summed over ranks and divided by the batch's scored
+tokens, which is the one-process mean gradient with the additions in another order.
 """
 
 from __future__ import annotations
@@ -59,15 +63,30 @@ def split_body(model, n_frozen: int) -> tuple[Callable, Callable, Callable] | No
     return (prefix, suffix, head) if ok else None
 
 
+def shard(idx: list[int], lengths: list[int], rank: int, world: int) -> tuple[list[int], bool]:
+    """This rank's samples of a batch: contiguous in length order, so each share pads little.
+
+    A rank left without samples (batch smaller than the world) gets one with zero weight: every
+    rank must take part in each step's collectives. Returns (samples, scored).
+    """
+    if world == 1:
+        return idx, True
+    order = sorted(idx, key=lambda i: lengths[i])
+    a, b = (len(order) * rank) // world, (len(order) * (rank + 1)) // world
+    return (order[a:b], True) if b > a else (order[:1], False)
+
+
 class Runner:
     """The compiled train/eval steps and the frozen-prefix cache."""
 
-    def __init__(self, model, optimizer, settings: TrainSettings, n_layers: int):
+    def __init__(self, model, optimizer, settings: TrainSettings, n_layers: int, group=None):
         import mlx.core as mx
         import mlx.nn as nn
         from mlx.utils import tree_map
 
         self.mx, self.model, self.settings = mx, model, settings
+        self.group = group if group is not None and group.size() > 1 else None
+        self.rank, self.world = (group.rank(), group.size()) if self.group is not None else (0, 1)
         n_frozen = len(model.layers) - n_layers
         self.split = split_body(model, n_frozen)
         self.cache: dict[tuple[str, int], Any] = {}
@@ -93,12 +112,28 @@ class Runner:
             ntok = weights.sum()
             return micro_loss(model, x, rows, targets, weights) / mx.maximum(ntok, 1.0), ntok
 
+        def sum_loss_fn(model, x, rows, targets, weights):
+            return micro_loss(model, x, rows, targets, weights), weights.sum()
+
         value_and_grad = nn.value_and_grad(model, loss_fn)
+        value_and_sum_grad = nn.value_and_grad(model, sum_loss_fn)
         self.state = [model.state, optimizer.state, mx.random.state]
-        accum = settings.grad_accumulation
+        accum, group, world = settings.grad_accumulation, self.group, self.world
+
+        def batch_grad(batch):
+            """(mean loss, scored tokens, mean gradient) of the whole batch, over all ranks."""
+            if group is None:
+                (loss, ntok), grad = value_and_grad(model, *batch)
+                return loss, ntok, grad
+            (loss_sum, ntok), grad = value_and_sum_grad(model, *batch)
+            ntok = mx.distributed.all_sum(ntok, group=group)
+            total = mx.maximum(ntok, 1.0)
+            # average_gradients divides the sum by world; scale it to sum / total tokens
+            grad = tree_map(lambda g: g * (world / total), nn.average_gradients(grad, group))
+            return mx.distributed.all_sum(loss_sum, group=group) / total, ntok, grad
 
         def train_step(batch, prev_grad, do_update: bool):
-            (loss, ntok), grad = value_and_grad(model, *batch)
+            loss, ntok, grad = batch_grad(batch)
             if prev_grad is not None:
                 grad = tree_map(lambda a, b: a + b, grad, prev_grad)
             if do_update:
@@ -131,10 +166,11 @@ class Runner:
         )
         return f"output layer on scored tokens only; {cache}"
 
-    def _inputs(self, data: Encoded, split_name: str, idx: list[int]) -> tuple:
+    def _inputs(self, data: Encoded, split_name: str, idx: list[int], scored: bool = True) -> tuple:
         """Model inputs of one batch: token ids, or frozen-prefix hidden states (cached per sample)."""
         mx = self.mx
         ((inputs, rows, targets, weights, ids),) = collate(data, idx, 1)
+        weights = weights if scored else weights * 0.0
         arrays = (mx.array(rows), mx.array(targets), mx.array(weights))
         if self.split is None:
             return (mx.array(inputs), *arrays)
@@ -163,9 +199,11 @@ class Runner:
     def train_step(self, data: Encoded, idx: list[int], step: int):
         """One batch: returns (loss, scored tokens) as evaluated arrays."""
         mx = self.mx
-        batch = self._inputs(data, "train", idx)
+        batch = self._inputs(data, "train", *shard(idx, data.lengths, self.rank, self.world))
         # Dropout randomness is a function of (seed, step): a resumed run replays it.
-        mx.random.seed(self.settings.seed * 1_000_003 + step)
+        seed = self.settings.seed * 1_000_003 + step
+        # Ranks hold different samples: give each its own dropout masks.
+        mx.random.seed(seed if self.world == 1 else seed * 64 + self.rank)
         do_update = step % self.settings.grad_accumulation == 0
         loss, ntok, self.grad_accum = self._train_step(batch, self.grad_accum, do_update)
         mx.eval(self.state, loss, ntok, self.grad_accum, self.pending)
@@ -179,10 +217,15 @@ class Runner:
         self.model.eval()
         tot, n = 0.0, 0.0
         for idx in plan:
-            loss, ntok = self._eval_step(self._inputs(data, "valid", idx))
+            part, scored = shard(idx, data.lengths, self.rank, self.world)
+            if not scored:
+                continue
+            loss, ntok = self._eval_step(self._inputs(data, "valid", part))
             mx.eval(loss, ntok, self.pending)
             self.pending = []
             tot += loss.item() * ntok.item()
             n += ntok.item()
         self.model.train()
+        if self.group is not None:  # one collective per evaluation: ranks may skip batches above
+            tot, n = mx.distributed.all_sum(mx.array([tot, n], mx.float32), group=self.group).tolist()
         return tot / max(n, 1.0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from blogtune.schema import check_section, section_defaults
@@ -44,6 +44,8 @@ class TrainSettings:
     steps_per_eval: int = _DEFAULT["steps_per_eval"]
     val_batches: int = _DEFAULT["val_batches"]  # -1: the whole validation set
     save_every: int = _DEFAULT["save_every"]  # resume checkpoint cadence (steps)
+    # processes / hostfile / port: how the step runs (see launch), not what it computes
+    distributed: dict = field(default_factory=lambda: dict(_DEFAULT["distributed"]))
     compile: bool = True  # mx.compile the step; not a config key (off only when debugging)
 
     @classmethod
