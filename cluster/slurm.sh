@@ -17,6 +17,10 @@ ETC=/etc/slurm
 STATE=/var/lib/blogtune-slurm
 RUN=/run/blogtune-slurm
 LOG=/var/log/blogtune-slurm
+# The daemons use the system temp folder: a TMPDIR inherited from the caller (blogtune points it
+# at its per-user MLX JIT cache) is not writable by the mysql/slurm users.
+unset TMPDIR
+
 PACKAGES=(munge slurmctld slurmd slurmdbd slurm-client mariadb-server)
 USER_NAME=$(id -un)
 SUDO=""

@@ -9,7 +9,6 @@ only where cluster/slurm.sh says it cannot run on this OS.
 from __future__ import annotations
 
 import subprocess
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -94,14 +93,10 @@ def runs(cluster, tmp_path_factory, tiny_model_factory):
     for work in (local, cluster_dir):
         write_config(work, overrides)
     profile = slurm_profile(root / "profile")
-    t0 = time.monotonic()
     run_snakemake(local, "gguf", cores=CLUSTER_CPUS)
-    local_s = time.monotonic() - t0
     since = datetime.now().strftime("%Y-%m-%dT%H:%M:%S")
-    t0 = time.monotonic()
     proc = run_snakemake(cluster_dir, "--profile", str(profile), "gguf", cores=None, timeout=900)
-    slurm_s = time.monotonic() - t0
-    print(f"\nlocal run {local_s:.0f} s, SLURM run {slurm_s:.0f} s\n{sacct_listing(cluster_dir, since)}")
+    print(f"\n{sacct_listing(cluster_dir, since)}")
     (slug,) = [p.name for p in (local / "results").iterdir() if p.name != "data"]
     return {"local": local, "cluster": cluster_dir, "profile": profile, "since": since, "slug": slug, "log": proc.stderr}
 
