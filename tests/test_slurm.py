@@ -20,7 +20,7 @@ from blogtune.testing import REPO, run_snakemake, write_config
 from tests.test_workflow import SAMPLE_POSTS, TINY_EVAL, TINY_TRAIN, copy_sample_posts
 
 SLURM_SH = REPO / "cluster" / "slurm.sh"
-GGUF_RULES = {"chunk", "split", "convert", "format", "train", "fuse", "export_gguf"}
+GGUF_RULES = {"chunk", "split", "teach", "teach_merge", "convert", "format", "train", "fuse", "export_gguf"}
 CLUSTER_CPUS = 2  # what each heavy job asks for: the test node's cores, and the local run's
 SACCT_FIELDS = "JobID,Comment%28,State,ExitCode,Elapsed,AllocCPUS,ReqMem,MaxRSS,WorkDir%60"
 
