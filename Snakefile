@@ -20,6 +20,7 @@ include: "rules/data.smk"
 include: "rules/model.smk"
 include: "rules/train.smk"
 include: "rules/export.smk"
+include: "rules/exam.smk"
 include: "rules/evaluate.smk"
 
 
@@ -30,6 +31,8 @@ rule all:
         rules.export_gguf.output.gguf,
         rules.modelfile.output.modelfile,
         rules.evaluate.output.metrics,
+        rules.exam.output.metrics,
+        rules.exam_gguf.output.metrics,
         rules.report_assets.output,
 
 

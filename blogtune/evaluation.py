@@ -2,7 +2,7 @@
 
 Losses are computed exactly like mlx-lm training computes them: samples are rendered and
 prompt-masked by mlx-lm's own dataset classes, padded and truncated like `iterate_batches`,
-and scored with the window of `default_loss`. Unlike mlx-lm's `evaluate`, every sample is
+and scored on the targets training scores (blogtune.loss_window). Unlike mlx-lm's `evaluate`, every sample is
 scored (no dropped remainder batch) and sums are kept per sample, so per-article numbers and
 a token-weighted mean (perplexity = exp(mean token loss)) come out of one pass.
 
@@ -108,10 +108,9 @@ class EvalSettings:
     mask_prompt: bool = False
     max_seq_length: int = MLX_LM_DEFAULT_MAX_SEQ_LENGTH
     batch_size: int = 4
-    # mlx-lm's default_loss window is `offset <= step <= length`: it also scores the padding
-    # id 0 that follows each sample. True reproduces training's loss numbers exactly; False
-    # scores only the sample's own tokens.
-    score_pad_target: bool = True
+    # False: blogtune.loss_window, the tokens training scores. True: mlx-lm's default_loss
+    # window, which also scores the padding id 0 after each sample (for comparison with it).
+    score_pad_target: bool = False
     train_sample_articles: int = 5
     heldout_prompts: int = 4
     prompts: list[str] = field(default_factory=list)
@@ -212,18 +211,22 @@ def pad_batch(encoded: Sequence[tuple[list[int], int]], max_seq_length: int) -> 
     return batch, rows
 
 
-def batch_token_nll(model, batch: np.ndarray, rows: np.ndarray, score_pad_target: bool = True):
-    """Per-sample (NLL sum, token count) with default_loss's mask; logits in float32."""
+def batch_token_nll(model, batch: np.ndarray, rows: np.ndarray, score_pad_target: bool = False):
+    """Per-sample (NLL sum, token count) over blogtune.loss_window's targets; logits in float32."""
     import mlx.core as mx
     import mlx.nn as nn
+
+    from blogtune.loss_window import target_window
 
     tokens = mx.array(batch)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     logits = model(inputs).astype(mx.float32)
-    steps = mx.arange(1, targets.shape[1] + 1)
-    lengths = mx.array(rows)
-    upper = lengths[:, 1:] if score_pad_target else lengths[:, 1:] - 1
-    mask = mx.logical_and(steps >= lengths[:, 0:1], steps <= upper)
+    steps = mx.arange(1, targets.shape[1] + 1)  # step s predicts token s
+    window = np.array([target_window(int(n), int(offset)) for offset, n in rows], np.int32)
+    if score_pad_target:  # mlx-lm's default_loss window: also the padding target after the sample
+        window[:, 1] += 1
+    window = mx.array(window)
+    mask = mx.logical_and(steps >= window[:, 0:1], steps < window[:, 1:])
     ce = nn.losses.cross_entropy(logits, targets) * mask
     nll, count = ce.sum(axis=1), mask.sum(axis=1)
     mx.eval(nll, count)
@@ -246,13 +249,16 @@ def sample_losses(
     results: dict[int, tuple[float, int]] = {}
     progress = Progress(f"{label or split}", len(order))
     model.eval()
-    for start in range(0, len(order), settings.batch_size):
-        chunk = order[start : start + settings.batch_size]
-        batch, rows = pad_batch([encoded[i] for i in chunk], settings.max_seq_length)
-        nll, count = batch_token_nll(model, batch, rows, settings.score_pad_target)
-        for k, i in enumerate(chunk):
-            results[i] = (float(nll[k]), int(count[k]))
-        progress.update(len(results))
+    from blogtune.training import _on_cpu, patched_attention
+
+    with patched_attention(model, _on_cpu()):  # training's CPU attention/swiglu kernels
+        for start in range(0, len(order), settings.batch_size):
+            chunk = order[start : start + settings.batch_size]
+            batch, rows = pad_batch([encoded[i] for i in chunk], settings.max_seq_length)
+            nll, count = batch_token_nll(model, batch, rows, settings.score_pad_target)
+            for k, i in enumerate(chunk):
+                results[i] = (float(nll[k]), int(count[k]))
+            progress.update(len(results))
     out = []
     for i, sample in enumerate(samples):
         nll, count = results[i]

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from blogtune.io_utils import atomic_dir, atomic_open, atomic_write_json, read_jsonl
+from blogtune.loss_window import target_window
 
 log = logging.getLogger(__name__)
 
@@ -379,8 +380,7 @@ def encode_split(path: Path, tokenizer, mask_prompt: bool, max_seq_length: int) 
             n_trunc += 1
             toks = toks[:max_seq_length]
         tokens.append(toks)
-        # Target j predicts token j+1; score tokens from max(offset, 1) on (as mlx-lm does).
-        starts.append(min(max(int(offset), 1), max(len(toks) - 1, 1)))
+        starts.append(target_window(len(toks), offset)[0])  # shared with evaluation
     return Encoded(tokens, starts, n_trunc, longest)
 
 

@@ -176,7 +176,7 @@ def test_sample_losses_reproduce_training_default_loss(loaded, splits, truncate)
     encoded = ev.encode_samples(samples, tokenizer, True)
     # Truncated: cut a few tokens into the shortest answer, so every sample keeps some scored tokens.
     max_seq_length = min(len(t) for t, _ in encoded) - 3 if truncate else 2048
-    settings = ev.EvalSettings(mask_prompt=True, max_seq_length=max_seq_length, batch_size=2)
+    settings = ev.EvalSettings(mask_prompt=True, max_seq_length=max_seq_length, batch_size=2, score_pad_target=True)
     losses = ev.sample_losses(model, tokenizer, samples, "train", settings)
     batch, rows = ev.pad_batch(encoded, max_seq_length)
     ref_loss, ref_tokens = default_loss(model, mx.array(batch), mx.array(rows))

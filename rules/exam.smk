@@ -1,0 +1,81 @@
+# The exam (blogtune.exam): closed-book items about the posts, base vs fine-tuned, and the
+# shipped GGUF in llama.cpp. exam_items is model-independent; exam depends on the base model,
+# the adapters and the items only (export settings never rerun it); exam_gguf checks the export.
+
+HELDOUT = data_path("teach/heldout.jsonl")  # written by the teacher stage when it runs
+
+
+def exam_heldout_input():
+    return [HELDOUT] if os.path.exists(HELDOUT) else []
+
+
+rule exam_items:
+    input:
+        train=rules.split.output.train,
+        valid=rules.split.output.valid,
+        test=rules.split.output.test,
+        heldout=exam_heldout_input(),
+    output:
+        exam_items=data_path("exam/items.jsonl"),
+    params:
+        seed=config["exam"]["seed"],
+        max_items=config["exam"]["max_items"],
+        max_per_article=config["exam"]["max_per_article"],
+    log:
+        "logs/exam_items/exam_items.log",
+    conda:
+        "../envs/blogtune.yaml"
+    script:
+        "../scripts/exam_items.py"
+
+
+rule exam:
+    input:
+        model=rules.convert.output.model,
+        adapters=rules.train.output.adapters,
+        exam_items=rules.exam_items.output.exam_items,
+        train=rules.format.output.train,
+    output:
+        metrics=model_path("exam/exam_metrics.json"),
+        rows=model_path("exam/exam_items.jsonl"),
+    params:
+        max_tokens=config["exam"]["max_tokens"],
+        generate_items=config["exam"]["generate_items"],
+        batch_size=config["exam"]["batch_size"],
+        seed=config["exam"]["seed"],
+    log:
+        log_path("exam"),
+    threads: all_cores()
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    conda:
+        "../envs/blogtune.yaml"
+    script:
+        "../scripts/exam.py"
+
+
+rule exam_gguf:
+    input:
+        gguf=rules.export_gguf.output.gguf,
+        modelfile=rules.modelfile.output.modelfile,
+        fused=rules.fuse.output.model,
+        rows=rules.exam.output.rows,
+    output:
+        metrics=model_path("exam/gguf_metrics.json"),
+        rows=model_path("exam/gguf_answers.jsonl"),
+    params:
+        system=config["system_prompt"],
+        parameters=config["modelfile"]["parameters"],
+        template=config["modelfile"]["template"],
+        max_tokens=config["exam"]["max_tokens"],
+    log:
+        log_path("exam_gguf"),
+    threads: all_cores()
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/blogtune.yaml"
+    script:
+        "../scripts/exam_gguf.py"
