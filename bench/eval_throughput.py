@@ -1,8 +1,8 @@
 """Evaluation throughput: blogtune's held-out scoring vs `mlx_lm.lora --test` on the same data.
 
-Both run as fresh processes on the same MLX model and test.jsonl (batch size 4, same
-max_seq_length), end to end (load + tokenize + score); the ratio of wall times is the ratio
-of tokens/s. Prints both losses too (they differ by design: mlx-lm also scores one padding
+Both run as fresh processes with OpenBLAS on the same MLX model and test.jsonl (batch size 4,
+same max_seq_length), end to end (load + tokenize + score); the ratio of wall times is the
+ratio of tokens/s. Prints both losses too (they differ by design: mlx-lm also scores one padding
 target per sample and drops a remainder batch; blogtune scores training's targets).
 
     python bench/eval_throughput.py results/smollm2-135m-instruct/mlx_base results/smollm2-135m-instruct/data
@@ -46,8 +46,13 @@ def run_blogtune(model: str, data: str, msl: int) -> dict:
 
 
 def run_mlx_lm(model: str, data: str, msl: int) -> dict:
-    cmd = [sys.executable, "-m", "mlx_lm", "lora", "--model", model, "--data", data, "--test", "--adapter-path", "",
-           "--test-batches", "-1", "--batch-size", "4", "--max-seq-length", str(msl), "--mask-prompt"]
+    # The same OpenBLAS as blogtune (MLX's Linux wheel alone ships a ~20x slower BLAS), so the
+    # ratio measures the scoring code, not the BLAS.
+    argv = ["mlx_lm.lora", "--model", model, "--data", data, "--test", "--adapter-path", "",
+            "--test-batches", "-1", "--batch-size", "4", "--max-seq-length", str(msl), "--mask-prompt"]
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from blogtune.blas import use_fast_blas; use_fast_blas(); "
+            f"sys.argv = {argv!r}; from mlx_lm.lora import main; main()")
+    cmd = [sys.executable, "-c", code]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t0

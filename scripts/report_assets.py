@@ -59,7 +59,7 @@ def main(inputs: dict, outputs: dict, params: dict, log_file=None) -> None:
     data_stats = eval_metrics.get("data", {})
     max_tokens = eval_metrics.get("settings", {}).get("max_tokens")
 
-    exam = _read_json(inputs["exam_metrics"])
+    exam = _read_json(inputs.get("exam_metrics") or "")
     gguf_exam = _read_json(inputs["gguf_metrics"]) if inputs.get("gguf_metrics") else {}
     exam_rows = list(read_jsonl(inputs["exam_rows"])) if inputs.get("exam_rows") else []
     exam_report.plot_exam(exam, outputs["exam_plot"])

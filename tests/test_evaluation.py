@@ -211,7 +211,7 @@ def test_unmasked_prompt_scores_every_token(loaded, splits):
     s = splits["valid"]
     masked = ev.sample_losses(model, tokenizer, s, "valid", ev.EvalSettings(mask_prompt=False))
     ((tokens, offset),) = ev.encode_samples(s, tokenizer, mask_prompt=False)
-    assert offset == 0 and masked[0].tokens == len(tokens)  # targets 1..len-1, plus the pad target
+    assert offset == 0 and masked[0].tokens == len(tokens) - 1  # targets 1..len-1, as training scores them
 
 
 def test_plain_text_samples_are_scored_whole_like_training(loaded):
