@@ -111,7 +111,11 @@ def plot_exam(exam: Mapping[str, Any], path: str | os.PathLike) -> Path:
         xs = [i + (j - 0.5) * 0.38 for i in range(len(bars))]
         vals = [(b if j == 0 else f) for _, b, f in bars]
         ys = [v["rate"] or 0 for v in vals]
-        err = [[y - (v["ci"][0] or 0) for y, v in zip(ys, vals, strict=True)], [(v["ci"][1] or 0) - y for y, v in zip(ys, vals, strict=True)]]
+        # max(0, ...): at a rate of 0 or 1 the Wilson bound equals it up to rounding.
+        err = [
+            [max(0.0, y - (v["ci"][0] if v["ci"][0] is not None else y)) for y, v in zip(ys, vals, strict=True)],
+            [max(0.0, (v["ci"][1] if v["ci"][1] is not None else y) - y) for y, v in zip(ys, vals, strict=True)],
+        ]
         ax.bar(xs, ys, 0.38, yerr=err, capsize=3, color=color, label=name)
     ax.axhline(0.25, color="tab:red", ls="--", lw=1, label="chance (MC)")
     ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=30, ha="right")
