@@ -110,6 +110,14 @@ def test_exam_items_rule_reads_heldout_when_present(tmp_path):
     run_snakemake(tmp_path, "results/data/exam/items.jsonl", cores=1)
     built = list(read_jsonl(tmp_path / "results/data/exam/items.jsonl"))
     assert built and all(b["source"] == "cloze" for b in built) and len(built) <= 40
+    # No question appears in any training sample as the format stage writes them.
+    import yaml
+
+    from blogtune.formatting import chat_sample
+
+    prompts = yaml.safe_load((tmp_path / "config.yaml").read_text())["format"]["prompts"]
+    samples = [chat_sample(c, prompts, None) for c in read_jsonl(tmp_path / "results/data/split/train.jsonl")]
+    assert items.leaked_questions(built, [t for smp in samples for t in items.sample_texts(smp)]) == []
     aid = built[0]["article_id"]
     teach = tmp_path / "results/data/teach/heldout.jsonl"
     teach.parent.mkdir(parents=True)
