@@ -82,3 +82,9 @@ def config_hash():
 def data_hash():
     """Cheap fingerprint of the selected posts (path, size, mtime)."""
     return _digest(PLAN.post_fingerprint)
+
+
+def exam_heldout_input():
+    """The teacher stage's held-out questions, when it has written them (the exam works without)."""
+    heldout = data_path("teach/heldout.jsonl")
+    return [heldout] if os.path.exists(heldout) else []

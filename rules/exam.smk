@@ -2,13 +2,6 @@
 # shipped GGUF in llama.cpp. exam_items is model-independent; exam depends on the base model,
 # the adapters and the items only (export settings never rerun it); exam_gguf checks the export.
 
-HELDOUT = data_path("teach/heldout.jsonl")  # written by the teacher stage when it runs
-
-
-def exam_heldout_input():
-    return [HELDOUT] if os.path.exists(HELDOUT) else []
-
-
 rule exam_items:
     input:
         train=rules.split.output.train,
