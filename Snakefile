@@ -22,6 +22,7 @@ include: "rules/teach.smk"
 include: "rules/model.smk"
 include: "rules/train.smk"
 include: "rules/export.smk"
+include: "rules/exam.smk"
 include: "rules/evaluate.smk"
 
 
@@ -32,6 +33,8 @@ rule all:
         rules.export_gguf.output.gguf,
         rules.modelfile.output.modelfile,
         rules.evaluate.output.metrics,
+        rules.exam.output.metrics,
+        rules.exam_gguf.output.metrics,
         rules.report_assets.output,
 
 

@@ -51,6 +51,9 @@ rule report_assets:
         eval_metrics=rules.evaluate.output.metrics,
         per_article=rules.evaluate.output.per_article,
         generations=rules.evaluate.output.generations,
+        exam_metrics=rules.exam.output.metrics,
+        exam_rows=rules.exam.output.rows,
+        gguf_metrics=rules.exam_gguf.output.metrics,
         # Listed with their sizes in the artefacts table.
         mlx_base=rules.convert.output.model,
         adapters=rules.train.output.adapters,
@@ -58,6 +61,18 @@ rule report_assets:
         gguf=rules.export_gguf.output.gguf,
         modelfile=rules.modelfile.output.modelfile,
     output:
+        exam=report(
+            model_path("report/exam.html"),
+            category="0. The exam",
+            caption="../report/exam.rst",
+            labels={"page": "exam: base vs fine-tuned"},
+        ),
+        exam_plot=report(
+            model_path("report/exam.png"),
+            category="0. The exam",
+            caption="../report/exam.rst",
+            labels={"page": "exam plot"},
+        ),
         before_after=report(
             model_path("report/before_after.html"),
             category="1. Before / after",

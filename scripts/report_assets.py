@@ -13,12 +13,13 @@ import pandas as pd
 
 from blogtune.io_utils import atomic_write_json, atomic_write_text, read_jsonl
 from blogtune.logs import setup_logging, snakemake_log
+from blogtune.report import exam_pages as exam_report
 from blogtune.report import pages, plots
 
 log = logging.getLogger("blogtune.report_assets")
 
-HTML_OUTPUTS = ("before_after", "articles", "generations", "corpus", "split", "artefacts")
-PNG_OUTPUTS = ("loss_plot", "lr_plot", "throughput_plot", "chunk_plot", "perplexity_plot")
+HTML_OUTPUTS = ("exam", "before_after", "articles", "generations", "corpus", "split", "artefacts")
+PNG_OUTPUTS = ("exam_plot", "loss_plot", "lr_plot", "throughput_plot", "chunk_plot", "perplexity_plot")
 ARTEFACT_NAMES = {
     "chunks": "Chunks (chunks.jsonl)",
     "mlx_base": "MLX base model",
@@ -53,6 +54,10 @@ def run(inputs: dict, outputs: dict, params: dict, log_file=None) -> None:
     data_stats = eval_metrics.get("data", {})
     max_tokens = eval_metrics.get("settings", {}).get("max_tokens")
 
+    exam = _read_json(inputs.get("exam_metrics") or "")
+    gguf_exam = _read_json(inputs["gguf_metrics"]) if inputs.get("gguf_metrics") else {}
+    exam_rows = list(read_jsonl(inputs["exam_rows"])) if inputs.get("exam_rows") else []
+    exam_report.plot_exam(exam, outputs["exam_plot"])
     plots.plot_loss(loss, outputs["loss_plot"])
     plots.plot_learning_rate(loss, outputs["lr_plot"])
     plots.plot_throughput(loss, outputs["throughput_plot"])
@@ -61,6 +66,7 @@ def run(inputs: dict, outputs: dict, params: dict, log_file=None) -> None:
 
     artefacts = {label: inputs[key] for key, label in ARTEFACT_NAMES.items() if inputs.get(key)}
     html = {
+        "exam": exam_report.exam_page(exam, gguf_exam, exam_rows),
         "before_after": pages.before_after_page(eval_metrics),
         "articles": pages.per_article_page(per_article),
         "generations": pages.generations_page(generations, max_tokens),
@@ -89,6 +95,7 @@ def run(inputs: dict, outputs: dict, params: dict, log_file=None) -> None:
         train_summary=train_summary,
         corpus=corpus,
     )
+    metrics = {"exam": exam_report.headline(exam, gguf_exam), **metrics}  # the headline first
     metrics["artefacts"] = {label: pages.path_size(path) for label, path in artefacts.items()}
     atomic_write_json(outputs["metrics"], metrics)
     log.info("report assets: %d HTML pages, %d plots, %s", len(html), len(PNG_OUTPUTS), outputs["metrics"])
@@ -105,6 +112,9 @@ INPUT_KEYS = (
     "eval_metrics",
     "per_article",
     "generations",
+    "exam_metrics",
+    "exam_rows",
+    "gguf_metrics",
     *ARTEFACT_NAMES,
 )
 

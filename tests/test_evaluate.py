@@ -178,7 +178,7 @@ def test_sample_losses_reproduce_training_default_loss(loaded, splits, truncate)
     encoded = ev.encode_samples(samples, tokenizer, True)
     # Truncated: cut a few tokens into the shortest answer, so every sample keeps some scored tokens.
     max_seq_length = min(len(t) for t, _ in encoded) - 3 if truncate else 2048
-    settings = ev.EvalSettings(mask_prompt=True, max_seq_length=max_seq_length, batch_size=2)
+    settings = ev.EvalSettings(mask_prompt=True, max_seq_length=max_seq_length, batch_size=2, score_pad_target=True)
     losses = ev.sample_losses(model, tokenizer, samples, "train", settings)
     batch, rows = ev.pad_batch(encoded, max_seq_length)
     ref_loss, ref_tokens = default_loss(model, mx.array(batch), mx.array(rows))
@@ -213,7 +213,7 @@ def test_unmasked_prompt_scores_every_token(loaded, splits):
     s = splits["valid"]
     masked = ev.sample_losses(model, tokenizer, s, "valid", ev.EvalSettings(mask_prompt=False))
     ((tokens, offset),) = ev.encode_samples(s, tokenizer, mask_prompt=False)
-    assert offset == 0 and masked[0].tokens == len(tokens)  # targets 1..len-1, plus the pad target
+    assert offset == 0 and masked[0].tokens == len(tokens) - 1  # targets 1..len-1, as training scores them
 
 
 def test_plain_text_samples_are_scored_whole_like_training(loaded):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from blogtune.io_utils import atomic_write_jsonl
+from blogtune.io_utils import atomic_write_json, atomic_write_jsonl
 from blogtune.report import pages, plots
 
 REPO = Path(__file__).resolve().parents[1]
@@ -377,6 +377,14 @@ rule modelfile:
     output: modelfile=model_path("gguf/Modelfile")
     shell: "exit 1"
 
+rule exam:
+    output: metrics=model_path("exam/exam_metrics.json"), rows=model_path("exam/exam_items.jsonl")
+    shell: "exit 1"
+
+rule exam_gguf:
+    output: metrics=model_path("exam/gguf_metrics.json"), rows=model_path("exam/gguf_answers.jsonl")
+    shell: "exit 1"
+
 include: "rules/evaluate.smk"
 
 rule all:
@@ -530,6 +538,25 @@ def write_inputs(work: Path, mlx_model: Path) -> None:
     (m / "gguf").mkdir()
     (m / "gguf/tiny.gguf").write_bytes(b"GGUF" + b"\0" * 1000)
     (m / "gguf/Modelfile").write_text("FROM ./tiny.gguf\n")
+    write_exam_outputs(m)
+
+
+def write_exam_outputs(m: Path) -> None:
+    """Exam results as blogtune.exam.run computes them, from made-up per-item outcomes."""
+    from blogtune.exam.run import ExamSettings, exam_metrics
+
+    rows = []
+    for i in range(20):
+        row = {"item_id": f"c{i}", "kind": "cloze:number", "source": "cloze", "split": "train" if i < 16 else "test",
+               "title": EVIL, "heading": "h", "question": f"Q{i} {EVIL}", "answer": str(i), "options": ["a", "b", "c", "d"], "answer_index": 0}
+        for which, right in (("base", i % 4 == 0), ("finetuned", i % 4 != 3)):
+            row[which] = {"mc_correct": right, "mc_chosen": 0 if right else 1, "answer": str(i) if right else "?",
+                          "tokens": 2, "finish": "stop" if i % 5 else "length", "loop": False, "exact": right, "f1": float(right), "abstain": False}
+        rows.append(row)
+    atomic_write_json(m / "exam/exam_metrics.json", exam_metrics(rows, ExamSettings()))
+    atomic_write_jsonl(m / "exam/exam_items.jsonl", rows)
+    atomic_write_json(m / "exam/gguf_metrics.json", {"status": "skipped: llama-cpp-python not installed"})
+    atomic_write_jsonl(m / "exam/gguf_answers.jsonl", [])
 
 
 def run_snakemake(work: Path, *args: str, cores: int | None = 2) -> subprocess.CompletedProcess:
@@ -607,7 +634,11 @@ def test_snakemake_report_from_the_evaluate_rules(tmp_path, mlx_model):
     text = report.read_text()
     for caption_words in ("Before / after", "2. Training", "3. Data", "held-out articles (never trained on)"):
         assert caption_words in text, caption_words
-    assert len(re.findall(r"data:image/png[^,\"]*;base64,", text)) == 5
+    assert len(re.findall(r"data:image/png[^,\"]*;base64,", text)) == 6
+    exam_page = embedded_html(text, "The exam: does the model know its posts?")
+    assert_escaped(exam_page)
+    assert "skipped: llama-cpp-python not installed" in exam_page and "+50.0 pts" in exam_page
+    assert list(metrics)[0] == "exam" and metrics["exam"]["cloze_multiple_choice"]["finetuned"]["k"] == 12
     gen_page = embedded_html(text, "Generations side by side")
     assert_escaped(gen_page)
     assert "Explain &lt;script&gt;" in gen_page and "hit the token limit (6)" in gen_page

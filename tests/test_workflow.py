@@ -20,6 +20,7 @@ TINY_TRAIN = {
     "steps_per_report": 2, "steps_per_eval": 2, "save_every": 2, "val_batches": 2, "warmup_steps": 1,
 }
 TINY_EVAL = {"max_tokens": 8, "heldout_prompts": 1, "train_sample_articles": 1, "prompts": ["What is pg_tidy?"]}
+TINY_EXAM = {"max_items": 12, "generate_items": 4, "max_tokens": 8}
 UPSTREAM = {"chunk", "split", "teach", "teach_merge", "format", "convert", "train", "fuse"}
 DATA_DOWN = {"chunk", "split", "teach", "teach_merge", "format", "train", "fuse"}  # new posts, chunk settings
 
@@ -58,7 +59,7 @@ def built(tmp_path_factory, tiny_model_factory):
     blog, work = root / "blog", root / "work"
     copy_sample_posts(blog, SAMPLE_POSTS)
     model = tiny_model_factory("llama")
-    overrides = {"blog": {"dir": str(blog)}, "base_model": str(model), "train": TINY_TRAIN, "evaluate": TINY_EVAL}
+    overrides = {"blog": {"dir": str(blog)}, "base_model": str(model), "train": TINY_TRAIN, "evaluate": TINY_EVAL, "exam": TINY_EXAM}
     write_config(work, overrides)
     run_snakemake(work, "fuse")
     (slug,) = model_dirs(work)
@@ -164,18 +165,26 @@ def test_default_target_exports_gguf_modelfile_and_evaluation(built):
     # Export settings do not touch training or evaluation; Modelfile settings touch only it.
     changes = [
         ({"export": {"gguf_type": "q8_0"}}, None),
-        ({"modelfile": {"parameters": {"temperature": 0.2, "num_ctx": 1024}}}, {"modelfile", "report_assets"}),
+        ({"modelfile": {"parameters": {"temperature": 0.2, "num_ctx": 1024}}}, {"modelfile", "exam_gguf", "report_assets"}),
         ({"system_prompt": "You are my blog."}, UPSTREAM - {"chunk", "split", "teach", "teach_merge", "convert"}),
+        # Exam settings rerun the exam only (items too when they change), never training.
+        ({"exam": {**TINY_EXAM, "max_items": 10}}, {"exam_items", "exam", "exam_gguf", "report_assets"}),
+        ({"exam": {**TINY_EXAM, "generate_items": 3}}, {"exam", "exam_gguf", "report_assets"}),
     ]
     for change, expected in changes:
         write_config(work, {**built["overrides"], **change})
         try:
             reasons = set(dry_run_reasons(work))
             if expected is None:
-                assert "export_gguf" in reasons and not reasons & (UPSTREAM | {"evaluate"}), (change, reasons)
+                assert "export_gguf" in reasons and not reasons & (UPSTREAM | {"evaluate", "exam"}), (change, reasons)
+                assert "exam_gguf" in reasons, (change, reasons)  # the GGUF check follows the export
             else:
                 assert expected <= reasons and not reasons & ({"chunk", "split", "convert"}), (change, reasons)
                 assert ("evaluate" in reasons) == ("train" in reasons), (change, reasons)
+                if "exam" not in change:
+                    assert ("exam" in reasons) == ("train" in reasons), (change, reasons)
+                else:
+                    assert not reasons & (UPSTREAM | {"evaluate"}), (change, reasons)
         finally:
             write_config(work, built["overrides"])
 

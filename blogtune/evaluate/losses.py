@@ -2,7 +2,7 @@
 
 Losses are computed as mlx-lm training computes them: samples are rendered and prompt-masked by
 the same mlx-lm dataset classes training uses (blogtune.train.encode_rows), padded and truncated
-like `iterate_batches`, and scored from `first_scored(offset)` with the window of `default_loss`.
+like `iterate_batches`, and scored on training's own target window (`blogtune.train.target_window`).
 Unlike mlx-lm's `evaluate`, every sample is scored (no dropped remainder batch) and sums are kept
 per sample, so per-article numbers and a token-weighted mean (perplexity = exp(mean token loss))
 come out of one pass.
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from blogtune.evaluate.settings import MLX_LM_DEFAULT_MAX_SEQ_LENGTH, EvalSettings
-from blogtune.train import encode_rows, first_scored
+from blogtune.train import encode_rows, on_cpu, patched_attention, target_window
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,9 @@ def pad_batch(encoded: Sequence[tuple[list[int], int]], max_seq_length: int) -> 
     return batch, rows
 
 
-def batch_token_nll(model, batch: np.ndarray, rows: np.ndarray, score_pad_target: bool = True):
-    """Per-sample (NLL sum, token count) with default_loss's mask; logits in float32."""
+def batch_token_nll(model, batch: np.ndarray, rows: np.ndarray, score_pad_target: bool = False):
+    """Per-sample (NLL sum, token count) over training's target window; logits in float32.
+    score_pad_target: also the padding target after each sample, as mlx-lm's default_loss does."""
     import mlx.core as mx
     import mlx.nn as nn
 
@@ -154,10 +155,11 @@ def batch_token_nll(model, batch: np.ndarray, rows: np.ndarray, score_pad_target
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     logits = model(inputs).astype(mx.float32)
     steps = mx.arange(1, targets.shape[1] + 1)  # step s scores token s (target s - 1)
-    first = mx.array([[first_scored(offset)] for offset in rows[:, 0]])
-    lengths = mx.array(rows)
-    upper = lengths[:, 1:] if score_pad_target else lengths[:, 1:] - 1
-    mask = mx.logical_and(steps >= first, steps <= upper)
+    window = np.array([target_window(int(n), int(offset)) for offset, n in rows], np.int32)
+    if score_pad_target:
+        window[:, 1] += 1
+    window = mx.array(window)
+    mask = mx.logical_and(steps >= window[:, 0:1], steps < window[:, 1:])
     ce = nn.losses.cross_entropy(logits, targets) * mask
     nll, count = ce.sum(axis=1), mask.sum(axis=1)
     mx.eval(nll, count)
@@ -180,13 +182,14 @@ def sample_losses(
     results: dict[int, tuple[float, int]] = {}
     progress = Progress(f"{label or split}", len(order))
     model.eval()
-    for start in range(0, len(order), settings.batch_size):
-        chunk = order[start : start + settings.batch_size]
-        batch, rows = pad_batch([encoded[i] for i in chunk], settings.max_seq_length)
-        nll, count = batch_token_nll(model, batch, rows, settings.score_pad_target)
-        for k, i in enumerate(chunk):
-            results[i] = (float(nll[k]), int(count[k]))
-        progress.update(len(results))
+    with patched_attention(model, on_cpu()):  # training's CPU attention / swiglu kernels
+        for start in range(0, len(order), settings.batch_size):
+            chunk = order[start : start + settings.batch_size]
+            batch, rows = pad_batch([encoded[i] for i in chunk], settings.max_seq_length)
+            nll, count = batch_token_nll(model, batch, rows, settings.score_pad_target)
+            for k, i in enumerate(chunk):
+                results[i] = (float(nll[k]), int(count[k]))
+            progress.update(len(results))
     out = []
     for i, sample in enumerate(samples):
         nll, count = results[i]

@@ -58,6 +58,14 @@ def first_scored(offset: int) -> int:
     return max(int(offset), 1)
 
 
+def target_window(n_tokens: int, offset: int) -> tuple[int, int]:
+    """[first, stop): the tokens of an n_tokens sample (prompt ending at `offset`) that a loss
+    scores, in training and evaluation alike: from the answer start through the last real token.
+    mlx-lm's default_loss also scores the zero padding after each sample (one target too many);
+    we do not. A sample whose answer was truncated away still scores its last token."""
+    return min(first_scored(offset), max(n_tokens - 1, 1)), n_tokens
+
+
 def encode_split(path: Path, tokenizer, mask_prompt: bool, max_seq_length: int) -> Encoded:
     """Tokenize a JSONL split for training: truncated to max_seq_length, scoring starts per sample."""
     rows = list(read_jsonl(path)) if Path(path).is_file() else []
@@ -68,8 +76,7 @@ def encode_split(path: Path, tokenizer, mask_prompt: bool, max_seq_length: int) 
             n_trunc += 1
             toks = toks[:max_seq_length]
         tokens.append(toks)
-        # A sample whose answer was truncated away still scores its last token.
-        starts.append(min(first_scored(offset), max(len(toks) - 1, 1)))
+        starts.append(target_window(len(toks), offset)[0])
     return Encoded(tokens, starts, n_trunc, longest)
 
 

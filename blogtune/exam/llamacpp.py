@@ -1,0 +1,180 @@
+"""The shipped GGUF in an independent engine: llama.cpp (llama-cpp-python, optional).
+
+The prompt, stop list and sampling settings are the Modelfile's own: the chat family that
+wrote its TEMPLATE (blogtune.chat_format; `render` is what the Go template produces, with the
+Modelfile SYSTEM as the system turn, as Ollama does), and blogtune.modelfile.ollama_parameters
+for stop/temperature/top_p/repeat_penalty. We also check that the Modelfile on disk carries that
+very TEMPLATE, so a hand-edited or stale Modelfile shows up instead of passing silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from blogtune.exam.answers import abstains, exact_match, has_loop, token_f1
+from blogtune.exam.stats import mean_ci, rate
+
+log = logging.getLogger(__name__)
+SKIPPED = "skipped: llama-cpp-python not installed"
+OLLAMA_DEFAULTS = {"temperature": 0.8, "top_p": 0.9, "top_k": 40, "min_p": 0.0, "repeat_penalty": 1.1, "seed": 0}
+
+
+def available() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class Serving:
+    """What Ollama would do with the Modelfile: prompt rendering, stops, sampling, context."""
+
+    family: Any  # blogtune.chat_format.ChatFamily
+    system: str | None
+    stops: list[str]
+    sampling: dict[str, Any]
+    num_ctx: int
+    template_in_modelfile: bool | None
+
+
+def serving_from_modelfile(fused_dir: Path, modelfile: Path | None, system: str | None, parameters: Mapping[str, Any] | None, template: str | None) -> Serving:
+    from blogtune.export.modelfile import effective_system, ollama_parameters, quote_value
+    from blogtune.model.chat_format import load_family
+
+    family = load_family(Path(fused_dir), template)
+    params = ollama_parameters(family, parameters)
+    in_file = None
+    if modelfile is not None and Path(modelfile).is_file():
+        line = f"TEMPLATE {quote_value(family.ollama_template(), 'modelfile.template')}"
+        in_file = line in Path(modelfile).read_text(encoding="utf-8")
+    sampling = {k: params.get(k, v) for k, v in OLLAMA_DEFAULTS.items()}
+    return Serving(family, effective_system(family, system), list(params["stop"]), sampling, int(params.get("num_ctx", 2048)), in_file)
+
+
+def render(serving: Serving, question: str) -> str:
+    messages = ([{"role": "system", "content": serving.system}] if serving.system else []) + [{"role": "user", "content": question}]
+    return serving.family.render(messages, add_generation_prompt=True, enable_thinking=False)
+
+
+def load(gguf_path: Path, n_ctx: int = 2048, seed: int = 0):
+    from llama_cpp import Llama
+
+    return Llama(str(gguf_path), n_ctx=n_ctx, seed=seed, n_threads=os.cpu_count() or 1, verbose=False)
+
+
+def prompt_ids(llm, text: str) -> list[int]:
+    add_bos = str(llm.metadata.get("tokenizer.ggml.add_bos_token", "false")).lower() == "true"
+    return llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+
+def complete(llm, tokens: Sequence[int], max_tokens: int, stops: Sequence[str], sampling: Mapping[str, Any] | None) -> dict:
+    """One answer: text, token ids, finish ("stop": EOS or a stop string; "length": the limit)."""
+    s = dict(sampling or {})
+    greedy = sampling is None or float(s.get("temperature", 0)) == 0.0
+    llm.reset()
+    out = llm.create_completion(
+        list(tokens),
+        max_tokens=max_tokens,
+        stop=list(stops),
+        temperature=0.0 if greedy else float(s["temperature"]),
+        top_p=1.0 if greedy else float(s["top_p"]),
+        top_k=1 if greedy else int(s["top_k"]),
+        min_p=0.0 if greedy else float(s["min_p"]),
+        repeat_penalty=1.0 if greedy else float(s["repeat_penalty"]),
+        seed=int(s.get("seed", 0)),
+    )
+    choice = out["choices"][0]
+    text = choice["text"]
+    return {"text": text, "ids": llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) if text else [], "finish": choice["finish_reason"], "tokens": out["usage"]["completion_tokens"]}
+
+
+def greedy_tokens(llm, tokens: Sequence[int], n: int) -> list[int]:
+    """The first n greedy token ids after `tokens` (no stop handling: raw engine output)."""
+    llm.reset()
+    out = []
+    for tok in llm.generate(list(tokens), top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
+        out.append(int(tok))
+        if len(out) >= n:
+            break
+    return out
+
+
+def ask_items(llm, serving: Serving, items: Sequence[dict], max_tokens: int) -> dict[str, list[dict]]:
+    """Each short-answer item twice: with the Modelfile's sampling (what a user gets) and greedy."""
+    out: dict[str, list[dict]] = {"modelfile_sampling": [], "greedy": []}
+    for it in items:
+        ids = prompt_ids(llm, render(serving, it["question"]))
+        for mode, sampling in (("modelfile_sampling", serving.sampling), ("greedy", None)):
+            a = complete(llm, ids, max_tokens, serving.stops, sampling)
+            a.update(item_id=it["item_id"], split=it["split"], exact=exact_match(a["text"], it["answer"]), f1=round(token_f1(a["text"], it["answer"]), 4), loop=has_loop(a["ids"]), abstain=abstains(a["text"]))
+            out[mode].append(a)
+    return out
+
+
+def summarize(answers: Sequence[dict], seed: int = 0) -> dict:
+    return {
+        "answers": len(answers),
+        "stop_rate": rate([a["finish"] == "stop" for a in answers]),
+        "loop_rate": rate([a["loop"] for a in answers]),
+        "exact_match": rate([a["exact"] for a in answers]),
+        "token_f1": mean_ci([a["f1"] for a in answers], seed),
+    }
+
+
+def gguf_check(gguf_path: Path, fused_dir: Path, modelfile: Path | None, items: Sequence[dict], *, system: str | None, parameters: Mapping[str, Any] | None, template: str | None, max_tokens: int, agreement_prompts: int = 3, agreement_tokens: int = 16) -> tuple[dict, list[dict]]:
+    """Ask the short-answer items in llama.cpp and compare greedy tokens with the fused MLX model."""
+    started = time.time()
+    if not available():
+        return {"status": SKIPPED}, []
+    serving = serving_from_modelfile(fused_dir, modelfile, system, parameters, template)
+    llm = load(gguf_path, n_ctx=serving.num_ctx, seed=int(serving.sampling.get("seed", 0)))
+    answers = ask_items(llm, serving, items, max_tokens)
+    agreement = greedy_agreement(llm, fused_dir, [render(serving, it["question"]) for it in items[:agreement_prompts]], agreement_tokens)
+    metrics = {
+        "status": "ok",
+        "gguf": str(gguf_path),
+        "template_in_modelfile": serving.template_in_modelfile,
+        "stops": serving.stops,
+        "sampling": serving.sampling,
+        "max_tokens": max_tokens,
+        "train": {m: summarize([a for a in v if a["split"] == "train"]) for m, v in answers.items()},
+        "all": {m: summarize(v) for m, v in answers.items()},
+        "greedy_agreement_with_mlx": agreement,
+        "seconds": round(time.time() - started, 1),
+    }
+    rows = [{"item_id": it["item_id"], **{m: answers[m][i] for m in answers}} for i, it in enumerate(items)]
+    return metrics, rows
+
+
+def mlx_greedy_tokens(model, tokens: Sequence[int], n: int) -> list[int]:
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+
+    out = []
+    for tok, _ in generate_step(mx.array(list(tokens)), model, max_tokens=n, sampler=lambda lp: mx.argmax(lp, axis=-1)):
+        out.append(int(tok))
+    return out
+
+
+def greedy_agreement(llm, fused_dir: Path, prompts: Sequence[str], n_tokens: int) -> dict:
+    """Same prompt ids into both engines; count prompts whose first n greedy tokens are identical."""
+    from mlx_lm import load as mlx_load
+
+    from blogtune.model.convert import rope_overrides
+
+    model, _ = mlx_load(str(fused_dir), model_config=rope_overrides(Path(fused_dir)))
+    per_prompt = []
+    for text in prompts:
+        ids = prompt_ids(llm, text)
+        a, b = greedy_tokens(llm, ids, n_tokens), mlx_greedy_tokens(model, ids, n_tokens)
+        same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        per_prompt.append({"llama_cpp": a, "mlx": b, "agree_prefix": same})
+    return {"prompts": len(per_prompt), "tokens": n_tokens, "identical": sum(p["agree_prefix"] == n_tokens for p in per_prompt), "per_prompt": per_prompt}

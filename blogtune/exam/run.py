@@ -1,0 +1,154 @@
+"""The whole exam: the same items on the base model, then on base + adapters (one copy of the
+weights in memory, like blogtune.evaluation), and the metrics comparing them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from blogtune.exam import scoring
+from blogtune.exam.answers import abstains, exact_match, token_f1
+from blogtune.exam.stats import mean_ci, paired_lift, rate
+
+log = logging.getLogger(__name__)
+MODELS = ("base", "finetuned")
+
+
+@dataclass
+class ExamSettings:
+    max_tokens: int = 48  # short answers: a right answer is a few words
+    generate_items: int = 64  # short-answer items asked (teacher/view QA first, then cloze)
+    batch_size: int = 32
+    seed: int = 0
+
+
+def pick_generation_items(items: Sequence[dict], n: int) -> list[dict]:
+    """QA items first (they are the short-answer exam), then cloze items, trained and held-out
+    posts interleaved so both get answers; deterministic (items come in a seeded order)."""
+    qa = [it for it in items if it["source"] != "cloze"]
+    cloze = [it for it in items if it["source"] == "cloze"]
+    pools = {s: [it for it in cloze if it["split"] == s] for s in ("train", "test")}
+    mixed: list[dict] = []
+    while any(pools.values()):
+        for s in ("train", "train", "test"):  # 2:1: trained posts are the headline
+            if pools[s]:
+                mixed.append(pools[s].pop(0))
+    return (qa + mixed)[: max(0, n)]
+
+
+def run_exam(model_dir: str | Path, adapter_dir: str | Path, items: Sequence[dict], settings: ExamSettings) -> tuple[dict, list[dict]]:
+    """(metrics, per-item rows with both models' results)."""
+    from mlx_lm import load
+    from mlx_lm.tuner.utils import load_adapters
+
+    from blogtune.model.convert import rope_overrides
+
+    started = time.time()
+    mc_items = [it for it in items if it.get("options")]
+    sa_items = pick_generation_items(items, settings.generate_items)
+    model, tokenizer = load(str(model_dir), model_config=rope_overrides(Path(model_dir)))
+    prompts = [scoring.prompt_tokens(tokenizer, it["question"]) for it in sa_items]
+    results: dict[str, dict[str, Any]] = {}
+    for which in MODELS:
+        if which == "finetuned":
+            load_adapters(model, str(adapter_dir))
+        model.eval()
+        log.info("%s: %d multiple-choice items", which, len(mc_items))
+        mc, mc_speed = scoring.multiple_choice(model, tokenizer, mc_items)
+        log.info("%s: multiple choice %s; %d short answers", which, mc_speed, len(sa_items))
+        gens, gen_speed = scoring.greedy_answers(model, tokenizer, prompts, settings.max_tokens, settings.batch_size)
+        log.info("%s: generation %s", which, gen_speed)
+        results[which] = {"mc": mc, "gen": gens, "speed": {"multiple_choice": mc_speed, "generation": gen_speed}}
+
+    rows = item_rows(items, mc_items, sa_items, results)
+    metrics = exam_metrics(rows, settings)
+    metrics["speed"] = {w: results[w]["speed"] for w in MODELS}
+    metrics["seconds"] = round(time.time() - started, 1)
+    metrics["settings"] = asdict(settings)
+    return metrics, rows
+
+
+def item_rows(items, mc_items, sa_items, results) -> list[dict]:
+    mc_at = {it["item_id"]: i for i, it in enumerate(mc_items)}
+    sa_at = {it["item_id"]: i for i, it in enumerate(sa_items)}
+    rows = []
+    for it in items:
+        row = {k: it.get(k) for k in ("item_id", "kind", "source", "split", "article_id", "title", "heading", "lang", "question", "answer", "options", "answer_index")}
+        for which in MODELS:
+            r: dict[str, Any] = {}
+            if it["item_id"] in mc_at:
+                m = results[which]["mc"][mc_at[it["item_id"]]]
+                r.update(mc_chosen=m.chosen, mc_correct=m.correct, mc_scores=m.scores)
+            if it["item_id"] in sa_at:
+                g = results[which]["gen"][sa_at[it["item_id"]]]
+                r.update(answer=g.text, tokens=len(g.tokens), finish=g.finish, loop=g.loop)
+                r.update(exact=exact_match(g.text, it["answer"]), f1=round(token_f1(g.text, it["answer"]), 4), abstain=abstains(g.text))
+            row[which] = r
+        rows.append(row)
+    return rows
+
+
+def _kind_groups(rows: Sequence[dict], key: str) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if key in r["base"]:
+            groups.setdefault(r["kind"].split(":")[0], []).append(r)
+            groups.setdefault(r["kind"], []).append(r)
+    return groups
+
+
+def _mc_block(rows: Sequence[dict], seed: int) -> dict:
+    b = [r["base"]["mc_correct"] for r in rows]
+    f = [r["finetuned"]["mc_correct"] for r in rows]
+    wrong = [i for i, x in enumerate(b) if not x]
+    return {
+        "items": len(rows),
+        "chance": 1 / max(1, len(rows[0]["options"])) if rows else None,
+        "base": rate(b),
+        "finetuned": rate(f),
+        "lift": paired_lift(b, f, seed),
+        # Of the items the base got wrong, the share the fine-tuned model gets right.
+        "lift_on_base_wrong": rate([f[i] for i in wrong]),
+    }
+
+
+def _sa_block(rows: Sequence[dict], seed: int) -> dict:
+    out: dict[str, Any] = {"items": len(rows)}
+    for which in MODELS:
+        rs = [r[which] for r in rows]
+        out[which] = {
+            "exact_match": rate([x["exact"] for x in rs]),
+            "token_f1": mean_ci([x["f1"] for x in rs], seed),
+            "stop_rate": rate([x["finish"] == "stop" for x in rs]),
+            "loop_rate": rate([x["loop"] for x in rs]),
+            "abstain_rate": rate([x["abstain"] for x in rs]),
+            "mean_tokens": (sum(x["tokens"] for x in rs) / len(rs)) if rs else None,
+        }
+    b = [r["base"]["exact"] for r in rows]
+    out["exact_match_lift"] = paired_lift(b, [r["finetuned"]["exact"] for r in rows], seed)
+    out["exact_match_on_base_wrong"] = rate([r["finetuned"]["exact"] for r in rows if not r["base"]["exact"]])
+    return out
+
+
+def exam_metrics(rows: Sequence[dict], settings: ExamSettings) -> dict:
+    """Per split (train = posts trained on: the headline; test = held-out posts) and exam kind."""
+    out: dict[str, Any] = {"items": len(rows), "splits": {}}
+    for split in ("train", "test"):
+        srows = [r for r in rows if r["split"] == split]
+        mc = _kind_groups(srows, "mc_correct")
+        sa = _kind_groups(srows, "finish")
+        out["splits"][split] = {
+            "multiple_choice": {k: _mc_block(v, settings.seed) for k, v in sorted(mc.items())},
+            "short_answer": {k: _sa_block(v, settings.seed) for k, v in sorted(sa.items())},
+        }
+    sa_all = [r for r in rows if "finish" in r["base"]]
+    out["stop_rate"] = {w: rate([r[w]["finish"] == "stop" for r in sa_all]) for w in MODELS}
+    out["loop_rate"] = {w: rate([r[w]["loop"] for r in sa_all]) for w in MODELS}
+    held = [r for r in sa_all if r["split"] == "test"]
+    # Held-out posts: answering anyway vs saying "I don't know" (reported, not a target).
+    out["heldout_answers_anyway"] = {w: rate([not r[w]["abstain"] for r in held]) for w in MODELS}
+    return out

@@ -1,0 +1,106 @@
+"""The GGUF in llama.cpp: greedy tokens agree with MLX (f32/f16, tied/untied, non-default rope),
+the Modelfile's template/stops/sampling are the ones used, and a missing engine is a skip."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from blogtune.exam import llamacpp
+from blogtune.export.gguf import export_gguf
+
+pytest.importorskip("llama_cpp")
+
+PROMPTS = [
+    "<|im_start|>user\nWhat is pg_tidy and what does it do?<|im_end|>\n<|im_start|>assistant\n",
+    "PostgreSQL VACUUM marks dead tuples reusable; autovacuum",
+]
+# Non-default where a wrong GGUF key would show: rope base, rms eps; larger init so logits are
+# peaked and greedy ties (which f16 rounding could flip) are unlikely.
+SETTINGS = dict(rope_theta=31337.0, rms_norm_eps=1e-6, initializer_range=0.2)
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def tiny(request, tiny_model_factory):
+    return tiny_model_factory("llama", tie_word_embeddings=request.param, **SETTINGS)
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+def test_greedy_tokens_agree_with_mlx(tiny, outtype, tmp_path):
+    gguf = tmp_path / f"m-{outtype}.gguf"
+    export_gguf(tiny, gguf, outtype)
+    llm = llamacpp.load(gguf, n_ctx=256)
+    assert float(llm.metadata["llama.rope.freq_base"]) == SETTINGS["rope_theta"]
+    ag = llamacpp.greedy_agreement(llm, tiny, PROMPTS, 16)
+    assert ag["identical"] == len(PROMPTS), ag["per_prompt"]
+
+
+def test_a_wrong_rope_base_is_caught(tiny, tmp_path):
+    """Negative control: the comparison is sensitive to the setting a wrong key would lose."""
+    from mlx_lm import load
+
+    gguf = tmp_path / "m.gguf"
+    export_gguf(tiny, gguf, "f32")
+    llm = llamacpp.load(gguf, n_ctx=256)
+    model, _ = load(str(tiny), model_config={"rope_theta": 10000.0})
+    ids = llamacpp.prompt_ids(llm, PROMPTS[0])
+    assert llamacpp.greedy_tokens(llm, ids, 16) != llamacpp.mlx_greedy_tokens(model, ids, 16)
+
+
+@pytest.fixture(scope="module")
+def shipped(tiny_model_factory, tmp_path_factory):
+    """A fused-model folder, its GGUF and the Modelfile blogtune writes for it."""
+    from blogtune.export.modelfile import write_modelfile
+    from blogtune.model.chat_format import load_family
+
+    fused = tiny_model_factory("llama", **SETTINGS)
+    out = tmp_path_factory.mktemp("shipped")
+    export_gguf(fused, out / "m.gguf", "f16")
+    params = {"temperature": 0.7, "top_p": 0.9, "num_ctx": 512, "repeat_penalty": 1.1}
+    write_modelfile(out / "Modelfile", "m.gguf", load_family(fused), None, params)
+    return fused, out, params
+
+
+ITEMS = [
+    {"item_id": "a", "split": "train", "question": "What does pg_tidy do?", "answer": "reclaims bloat"},
+    {"item_id": "b", "split": "test", "question": "Which flag limits lock waits?", "answer": "--lock-timeout"},
+]
+
+
+def test_gguf_check_uses_the_modelfile_settings(shipped):
+    fused, out, params = shipped
+    metrics, rows = llamacpp.gguf_check(out / "m.gguf", fused, out / "Modelfile", ITEMS, system=None, parameters=params, template=None, max_tokens=8, agreement_prompts=2, agreement_tokens=8)
+    assert metrics["status"] == "ok" and metrics["template_in_modelfile"] is True
+    text = (out / "Modelfile").read_text()
+    for stop in metrics["stops"]:
+        assert f'PARAMETER stop "{stop}"' in text
+    assert "<|im_end|>" in metrics["stops"]
+    assert {k: metrics["sampling"][k] for k in ("temperature", "top_p", "repeat_penalty")} == {"temperature": 0.7, "top_p": 0.9, "repeat_penalty": 1.1}
+    assert metrics["greedy_agreement_with_mlx"]["identical"] == 2
+    for mode in ("modelfile_sampling", "greedy"):
+        s = metrics["all"][mode]
+        assert s["answers"] == 2
+        got = [r[mode] for r in rows]
+        assert s["stop_rate"]["k"] == sum(a["finish"] == "stop" for a in got)
+        assert all(a["finish"] in ("stop", "length") for a in got)
+        assert all(a["tokens"] <= 8 for a in got)
+    # The prompt is the chat family's rendering: SmolLM2's default system turn, then the question.
+    serving = llamacpp.serving_from_modelfile(fused, out / "Modelfile", None, params, None)
+    prompt = llamacpp.render(serving, "Q?")
+    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_a_stale_modelfile_template_is_reported(shipped, tmp_path):
+    fused, out, params = shipped
+    stale = tmp_path / "Modelfile"
+    stale.write_text((out / "Modelfile").read_text().replace("<|im_start|>assistant", "<|im_start|>bot"))
+    serving = llamacpp.serving_from_modelfile(fused, stale, None, params, None)
+    assert serving.template_in_modelfile is False
+
+
+def test_without_llama_cpp_the_check_is_skipped(shipped, monkeypatch):
+    fused, out, params = shipped
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import now raises ImportError
+    metrics, rows = llamacpp.gguf_check(out / "m.gguf", fused, out / "Modelfile", ITEMS, system=None, parameters=params, template=None, max_tokens=8)
+    assert metrics == {"status": "skipped: llama-cpp-python not installed"} and rows == []
