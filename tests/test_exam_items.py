@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from blogtune.exam import answers, items, stats
@@ -100,7 +98,7 @@ def test_intervals():
     assert none["ci"][0] < 0 < none["ci"][1]
 
 
-def test_exam_items_rule_reads_heldout_when_present(tmp_path):
+def test_exam_items_rule_reads_the_teach_stage_heldout_questions(tmp_path):
     blog = tmp_path / "blog"
     blog.mkdir()
     src = sorted((REPO / "sample_blog").rglob("2024*.md"))[:12]
@@ -109,19 +107,20 @@ def test_exam_items_rule_reads_heldout_when_present(tmp_path):
     write_config(tmp_path, {"blog": {"dir": str(blog)}, "exam": {"max_items": 40}})
     run_snakemake(tmp_path, "results/data/exam/items.jsonl", cores=1)
     built = list(read_jsonl(tmp_path / "results/data/exam/items.jsonl"))
-    assert built and all(b["source"] == "cloze" for b in built) and len(built) <= 40
-    # No question appears in any training sample as the format stage writes them.
+    cloze = [b for b in built if b["source"] == "cloze"]
+    qa = [b for b in built if b["source"] != "cloze"]
+    assert cloze and len(cloze) <= 40
+    # The teach stage's held-out questions (teacher-free views here) become short-answer items.
+    heldout = list(read_jsonl(tmp_path / "results/data/teach/heldout.jsonl"))
+    assert qa and {b["question"] for b in qa} <= {h["question"] for h in heldout}
+    # No question appears in any training sample: chunk samples as format writes them, and the
+    # teach stage's knowledge samples.
     import yaml
 
     from blogtune.model.formatting import chat_sample
 
     prompts = yaml.safe_load((tmp_path / "config.yaml").read_text())["format"]["prompts"]
     samples = [chat_sample(c, prompts, None) for c in read_jsonl(tmp_path / "results/data/split/train.jsonl")]
+    samples += [{"messages": [{"content": r["question"]}, {"content": r["answer"]}]}
+                for r in read_jsonl(tmp_path / "results/data/teach/samples.jsonl")]
     assert items.leaked_questions(built, [t for smp in samples for t in items.sample_texts(smp)]) == []
-    aid = built[0]["article_id"]
-    teach = tmp_path / "results/data/teach/heldout.jsonl"
-    teach.parent.mkdir(parents=True)
-    teach.write_text(json.dumps({"article_id": aid, "title": "t", "heading": "h", "question": "Which flag?", "answer": "--x", "source": "teacher", "kind": "flag", "lang": "en"}) + "\n", encoding="utf-8")
-    run_snakemake(tmp_path, "results/data/exam/items.jsonl", cores=1)
-    again = list(read_jsonl(tmp_path / "results/data/exam/items.jsonl"))
-    assert again[: len(built)] == built and again[-1]["source"] == "teacher" and again[-1]["split"] == built[0]["split"]

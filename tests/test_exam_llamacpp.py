@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import sys
 
+import llama_cpp  # noqa: F401  (a dev requirement: setup.sh --dev builds it)
 import pytest
 
 from blogtune.exam import llamacpp
 from blogtune.export.gguf import export_gguf
-
-pytest.importorskip("llama_cpp")
 
 PROMPTS = [
     "<|im_start|>user\nWhat is pg_tidy and what does it do?<|im_end|>\n<|im_start|>assistant\n",

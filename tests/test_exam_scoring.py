@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import mlx.core as mx
 import numpy as np
 import pytest
-from test_evaluation import make_lora_adapters
+from test_evaluate import make_lora_adapters
 from test_exam_items import BLOG
 
 from blogtune.exam import answers, scoring
 from blogtune.exam.items import build_cloze_items
 from blogtune.exam.run import ExamSettings, run_exam
-
-mx = pytest.importorskip("mlx.core")
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +81,7 @@ def test_batched_greedy_answers_equal_one_by_one_generation(loaded, exam_items):
 
 
 def test_run_exam_base_vs_adapters(mlx_dir, exam_items, tmp_path):
-    from test_evaluation import make_splits
+    from test_evaluate import make_splits
 
     adapters = make_lora_adapters(mlx_dir, make_splits()["train"][:4], tmp_path / "adapters", steps=3)
     metrics, rows = run_exam(mlx_dir, adapters, exam_items, ExamSettings(max_tokens=6, generate_items=4, batch_size=4))
