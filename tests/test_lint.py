@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # Stages in import order: a stage may import only those before it (and the leaves).
 STAGES = ("data", "teach", "model", "train", "evaluate", "export", "exam", "report")
-LEAVES = {"io_utils", "logs", "blas", "schema"}
+LEAVES = {"io_utils", "logs", "blas", "schema", "lazy"}
 # The one `snakemake --lint` remark kept: jobs must import the blogtune of the workflow's own
 # checkout (PYTHONPATH=basedir), not whichever copy an environment has installed.
 ALLOWED_LINTS = ("Environment variable PYTHONPATH used but not asserted",)

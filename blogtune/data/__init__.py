@@ -10,7 +10,7 @@ Public API:
 Names load lazily (PEP 562), so reading a post never imports the chunker or markdown-it.
 """
 
-from importlib import import_module
+from blogtune.lazy import lazy_names
 
 _HOME = {
     "DEFAULT_MAX_BYTES": "posts",
@@ -31,8 +31,4 @@ _HOME = {
 }
 __all__ = sorted(_HOME)
 
-
-def __getattr__(name: str):
-    if name not in _HOME:
-        raise AttributeError(f"module 'blogtune.data' has no attribute {name!r}")
-    return getattr(import_module(f"blogtune.data.{_HOME[name]}"), name)
+__getattr__ = lazy_names(__name__, _HOME)

@@ -15,7 +15,7 @@ shared notes "knowledge-from-posts"). Modules, leaves first:
 (Real servers for its tests live in blogtune.testing_servers.)
 """
 
-from importlib import import_module
+from blogtune.lazy import lazy_names
 
 # The public face; names load lazily (PEP 562) so `format` reading the mix imports no teacher.
 _HOME = {
@@ -30,8 +30,4 @@ _HOME = {
 }
 __all__ = sorted(_HOME)
 
-
-def __getattr__(name: str):
-    if name not in _HOME:
-        raise AttributeError(f"module 'blogtune.teach' has no attribute {name!r}")
-    return getattr(import_module(f"blogtune.teach.{_HOME[name]}"), name)
+__getattr__ = lazy_names(__name__, _HOME)
