@@ -7,13 +7,12 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from blogtune.train.launch import free_port, ring, run_train
+from blogtune.train.launch import free_port, ring
 from tests.test_train import FAST, data_dir, mlx_tiny, read_csv  # noqa: F401 (fixtures)
 
 # 16 samples in batches of 3: the last batch of each epoch has one sample, so one rank gets none.
@@ -124,10 +123,11 @@ def test_an_unreachable_host_fails_the_job_instead_of_hanging(mlx_tiny, data_dir
     hosts.write_text('[{"ssh": "localhost", "ips": ["127.0.0.1"]}, {"ssh": "no-such-host.invalid", "ips": ["127.0.0.1"]}]')
     j = job(mlx_tiny, data_dir, tmp_path / "out", 1)
     j["settings"]["distributed"] = {"hostfile": str(hosts), "port": free_port()}
-    result: list[int] = []
-    worker = threading.Thread(target=lambda: result.append(run_train(j)), daemon=True)
-    worker.start()
-    worker.join(timeout=300)  # a deadline for the hang this test is about, not a speed budget
-    assert not worker.is_alive(), "the launcher hung waiting for a rank that never started"
-    assert result == [255]  # ssh's code for "could not connect"
+    proc = in_subprocess(j)
+    try:  # a deadline for the hang this test is about, not a speed budget
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the launcher hung waiting for a rank that never started")
+    assert proc.returncode == 255, err[-4000:]  # ssh's code for "could not connect"
     assert not (tmp_path / "out" / "adapters").exists() and not list((tmp_path / "out").glob(".launch-*"))
