@@ -130,6 +130,9 @@ def test_two_process_training_through_snakemake_resumes_too(prepared, uninterrup
     interrupt_and_rerun(prepared_work, root / "cut2", slug, processes=2)
     a, b = _adapters(full, slug), _adapters(root / "cut2", slug)
     worst = max(mx.abs(a[k] - b[k]).max().item() for k in a)
-    assert worst < 1e-5, f"2 processes, interrupted and resumed, vs 1 uninterrupted: {worst}"
+    # Two processes add each batch's gradient in another order (float32), and Adam's division by
+    # sqrt(v) magnifies that where gradients are near zero: 1.2e-5 was measured on a loaded CI run,
+    # against weights of ~0.1. Bit-exactness is asserted where the order is the same (above).
+    assert worst < 5e-5, f"2 processes, interrupted and resumed, vs 1 uninterrupted: {worst}"
     log = (root / "cut2" / "logs/train" / f"{slug}.log").read_text(encoding="utf-8")
     assert "distributed: 2 ranks" in log
