@@ -47,7 +47,9 @@ rule exam:
         gpu=0,
     params:
         max_tokens=config["exam"]["max_tokens"],
+        answer_room=config["exam"]["answer_room"],
         generate_items=config["exam"]["generate_items"],
+        heldout_items=config["exam"]["heldout_items"],
         batch_size=config["exam"]["batch_size"],
         seed=config["exam"]["seed"],
     script:

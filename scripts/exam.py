@@ -42,7 +42,8 @@ def main(snakemake) -> None:
         snakemake.input.train,
         snakemake.output.metrics,
         snakemake.output.rows,
-        dict(max_tokens=p.max_tokens, generate_items=p.generate_items, batch_size=p.batch_size, seed=p.seed),
+        dict(max_tokens=p.max_tokens, answer_room=p.answer_room, generate_items=p.generate_items,
+             heldout_items=p.heldout_items, batch_size=p.batch_size, seed=p.seed),
         snakemake_log(snakemake),
     )
 

@@ -94,7 +94,45 @@ def test_run_exam_base_vs_adapters(mlx_dir, exam_items, tmp_path):
         assert mc[which]["k"] == k
         asked = [r for r in rows if "finish" in r[which]]
         assert len(asked) == 4
+        assert all(r["budget"] >= 6 and r[which]["tokens"] <= r["budget"] for r in asked)
         assert metrics["stop_rate"][which]["k"] == sum(r[which]["finish"] == "stop" for r in asked)
         assert all(r[which]["exact"] == answers.exact_match(r[which]["answer"], r["answer"]) for r in asked)
     assert mc["lift"]["lift"] == pytest.approx(mc["finetuned"]["rate"] - mc["base"]["rate"])
     assert any(r["base"]["mc_scores"] != r["finetuned"]["mc_scores"] for r in rows)  # adapters applied
+
+
+def test_greedy_answers_honour_a_budget_per_prompt(loaded, exam_items):
+    model, tokenizer = loaded
+    prompts = [scoring.prompt_tokens(tokenizer, it["question"]) for it in exam_items[:3]]
+    one, _ = scoring.greedy_answers(model, tokenizer, prompts, max_tokens=10, batch_size=4)
+    per, _ = scoring.greedy_answers(model, tokenizer, prompts, max_tokens=[2, 10, 5], batch_size=4)
+    for g, full, limit in zip(per, one, [2, 10, 5], strict=True):
+        assert g.tokens == full.tokens[:limit]  # greedy: a shorter budget is a prefix
+        assert g.finish == ("stop" if full.finish == "stop" and len(full.tokens) < limit else "length")
+
+
+def test_answer_budget_grows_with_the_reference(loaded):
+    import math
+
+    from blogtune.exam.run import answer_budget
+
+    _, tokenizer = loaded
+    settings = ExamSettings(max_tokens=8, answer_room=1.5)
+    assert answer_budget(tokenizer, "pg_tidy", settings) == 8  # short: the floor
+    long_ref = "```sql\n" + "\n".join(f"CREATE INDEX i{k} ON t (c{k});" for k in range(12)) + "\n```"
+    n_ref = len(tokenizer._tokenizer.encode(long_ref, add_special_tokens=False))
+    assert n_ref > 8 and answer_budget(tokenizer, long_ref, settings) == math.ceil(1.5 * n_ref)
+
+
+def test_generation_items_keep_room_for_heldout_posts():
+    from blogtune.exam.run import pick_generation_items
+
+    items = (
+        [{"item_id": f"c{k}", "source": "cloze", "split": "train"} for k in range(4)]
+        + [{"item_id": f"h{k}", "source": "cloze", "split": "test"} for k in range(3)]
+        + [{"item_id": f"q{k}", "source": "view", "split": "train"} for k in range(4)]
+    )
+    got = [it["item_id"] for it in pick_generation_items(items, 7, heldout=2)]
+    assert got == ["q0", "q1", "q2", "q3", "c0", "h0", "h1"]  # QA, then cloze, held-out posts kept
+    assert [it["item_id"] for it in pick_generation_items(items, 3, heldout=0)] == ["q0", "q1", "q2"]
+    assert len(pick_generation_items(items, 20, heldout=8)) == len(items)

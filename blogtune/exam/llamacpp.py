@@ -108,13 +108,15 @@ def greedy_tokens(llm, tokens: Sequence[int], n: int) -> list[int]:
 
 
 def ask_items(llm, serving: Serving, items: Sequence[dict], max_tokens: int) -> dict[str, list[dict]]:
-    """Each short-answer item twice: with the Modelfile's sampling (what a user gets) and greedy."""
+    """Each short-answer item twice: with the Modelfile's sampling (what a user gets) and greedy.
+    An item's budget is the one the MLX exam gave it (`budget`), else max_tokens."""
     out: dict[str, list[dict]] = {"modelfile_sampling": [], "greedy": []}
     for it in items:
         ids = prompt_ids(llm, render(serving, it["question"]))
+        budget = int(it.get("budget") or max_tokens)
         for mode, sampling in (("modelfile_sampling", serving.sampling), ("greedy", None)):
-            a = complete(llm, ids, max_tokens, serving.stops, sampling)
-            a.update(item_id=it["item_id"], split=it["split"], exact=exact_match(a["text"], it["answer"]), f1=round(token_f1(a["text"], it["answer"]), 4), loop=has_loop(a["ids"]), abstain=abstains(a["text"]))
+            a = complete(llm, ids, budget, serving.stops, sampling)
+            a.update(item_id=it["item_id"], split=it["split"], budget=budget, exact=exact_match(a["text"], it["answer"]), f1=round(token_f1(a["text"], it["answer"]), 4), loop=has_loop(a["ids"]), abstain=abstains(a["text"]))
             out[mode].append(a)
     return out
 

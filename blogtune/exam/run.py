@@ -4,6 +4,7 @@ weights in memory, like blogtune.evaluation), and the metrics comparing them."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -20,24 +21,36 @@ MODELS = ("base", "finetuned")
 
 @dataclass
 class ExamSettings:
-    max_tokens: int = 48  # short answers: a right answer is a few words
-    generate_items: int = 64  # short-answer items asked (teacher/view QA first, then cloze)
+    max_tokens: int = 48  # an answer's token budget: at least this ...
+    answer_room: float = 1.5  # ... or this many times the reference answer's tokens, if more
+    generate_items: int = 96  # short-answer items asked (teacher/view QA first, then cloze)
+    heldout_items: int = 8  # of those, items about held-out posts (answers anyway vs "don't know")
     batch_size: int = 32
     seed: int = 0
 
 
-def pick_generation_items(items: Sequence[dict], n: int) -> list[dict]:
-    """QA items first (they are the short-answer exam), then cloze items, trained and held-out
-    posts interleaved so both get answers; deterministic (items come in a seeded order)."""
-    qa = [it for it in items if it["source"] != "cloze"]
-    cloze = [it for it in items if it["source"] == "cloze"]
-    pools = {s: [it for it in cloze if it["split"] == s] for s in ("train", "test")}
-    mixed: list[dict] = []
-    while any(pools.values()):
-        for s in ("train", "train", "test"):  # 2:1: trained posts are the headline
-            if pools[s]:
-                mixed.append(pools[s].pop(0))
-    return (qa + mixed)[: max(0, n)]
+def pick_generation_items(items: Sequence[dict], n: int, heldout: int = 0) -> list[dict]:
+    """Up to `heldout` items about held-out posts, then items about trained posts: QA first
+    (they are the short-answer exam), then cloze; deterministic (items come in a seeded order)."""
+    n = max(0, n)
+    test = [it for it in items if it["split"] == "test"]
+    trained = [it for it in items if it["split"] != "test"]
+    trained.sort(key=lambda it: it["source"] == "cloze")  # stable: QA first, order kept
+    held = test[: min(max(0, heldout), n)]
+    return trained[: n - len(held)] + held
+
+
+def answer_budget(tokenizer, reference: str, settings: ExamSettings) -> int:
+    """Tokens an answer may take before it counts as not stopping. A fixed limit would fail a
+    right answer that is longer than the limit (a code block, a section's lead), so the budget
+    grows with the reference: max(max_tokens, ceil(answer_room x reference tokens))."""
+    ref = len(_hf_encode(tokenizer, reference))
+    return max(settings.max_tokens, math.ceil(settings.answer_room * ref))
+
+
+def _hf_encode(tokenizer, text: str) -> list[int]:
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    return list(hf.encode(text, add_special_tokens=False))
 
 
 def run_exam(model_dir: str | Path, adapter_dir: str | Path, items: Sequence[dict], settings: ExamSettings) -> tuple[dict, list[dict]]:
@@ -49,9 +62,10 @@ def run_exam(model_dir: str | Path, adapter_dir: str | Path, items: Sequence[dic
 
     started = time.time()
     mc_items = [it for it in items if it.get("options")]
-    sa_items = pick_generation_items(items, settings.generate_items)
+    sa_items = pick_generation_items(items, settings.generate_items, settings.heldout_items)
     model, tokenizer = load(str(model_dir), model_config=rope_overrides(Path(model_dir)))
     prompts = [scoring.prompt_tokens(tokenizer, it["question"]) for it in sa_items]
+    budgets = [answer_budget(tokenizer, it["answer"], settings) for it in sa_items]
     results: dict[str, dict[str, Any]] = {}
     for which in MODELS:
         if which == "finetuned":
@@ -60,11 +74,11 @@ def run_exam(model_dir: str | Path, adapter_dir: str | Path, items: Sequence[dic
         log.info("%s: %d multiple-choice items", which, len(mc_items))
         mc, mc_speed = scoring.multiple_choice(model, tokenizer, mc_items)
         log.info("%s: multiple choice %s; %d short answers", which, mc_speed, len(sa_items))
-        gens, gen_speed = scoring.greedy_answers(model, tokenizer, prompts, settings.max_tokens, settings.batch_size)
+        gens, gen_speed = scoring.greedy_answers(model, tokenizer, prompts, budgets, settings.batch_size)
         log.info("%s: generation %s", which, gen_speed)
         results[which] = {"mc": mc, "gen": gens, "speed": {"multiple_choice": mc_speed, "generation": gen_speed}}
 
-    rows = item_rows(items, mc_items, sa_items, results)
+    rows = item_rows(items, mc_items, sa_items, results, budgets)
     metrics = exam_metrics(rows, settings)
     metrics["speed"] = {w: results[w]["speed"] for w in MODELS}
     metrics["seconds"] = round(time.time() - started, 1)
@@ -72,12 +86,14 @@ def run_exam(model_dir: str | Path, adapter_dir: str | Path, items: Sequence[dic
     return metrics, rows
 
 
-def item_rows(items, mc_items, sa_items, results) -> list[dict]:
+def item_rows(items, mc_items, sa_items, results, budgets=None) -> list[dict]:
     mc_at = {it["item_id"]: i for i, it in enumerate(mc_items)}
     sa_at = {it["item_id"]: i for i, it in enumerate(sa_items)}
     rows = []
     for it in items:
         row = {k: it.get(k) for k in ("item_id", "kind", "source", "split", "article_id", "title", "heading", "lang", "question", "answer", "options", "answer_index")}
+        if budgets is not None and it["item_id"] in sa_at:
+            row["budget"] = budgets[sa_at[it["item_id"]]]
         for which in MODELS:
             r: dict[str, Any] = {}
             if it["item_id"] in mc_at:

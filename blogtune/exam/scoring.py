@@ -151,7 +151,7 @@ def multiple_choice(model, tokenizer, items: Sequence[dict]) -> tuple[list[MCRes
 class Generation:
     text: str
     tokens: list[int] = field(default_factory=list)
-    finish: str = "length"  # "stop": ended on an end-of-turn/EOS token; "length": hit max_tokens
+    finish: str = "length"  # "stop": ended on an end-of-turn/EOS token; "length": hit its budget
     loop: bool = False
 
 
@@ -161,9 +161,10 @@ def prompt_tokens(tokenizer, question: str, system: str | None = None) -> list[i
 
 
 def greedy_answers(
-    model, tokenizer, prompts: Sequence[list[int]], max_tokens: int, batch_size: int = 32
+    model, tokenizer, prompts: Sequence[list[int]], max_tokens: int | Sequence[int], batch_size: int = 32
 ) -> tuple[list[Generation], dict]:
-    """Greedy answers for all prompts at once with mlx-lm's BatchGenerator (continuous batching)."""
+    """Greedy answers for all prompts at once with mlx-lm's BatchGenerator (continuous batching);
+    max_tokens: one limit for all, or one per prompt."""
     import mlx.core as mx
     from mlx_lm.generate import BatchGenerator
 
@@ -176,7 +177,8 @@ def greedy_answers(
         completion_batch_size=batch_size,
         prefill_batch_size=min(batch_size, 8),
     )
-    uids = gen.insert([list(p) for p in prompts], [max_tokens] * len(prompts))
+    limits = [int(max_tokens)] * len(prompts) if isinstance(max_tokens, int) else [int(m) for m in max_tokens]
+    uids = gen.insert([list(p) for p in prompts], limits)
     toks: dict[int, list[int]] = {u: [] for u in uids}
     finish: dict[int, str] = {}
     while responses := gen.next_generated():

@@ -84,7 +84,7 @@ def exam_page(exam: Mapping[str, Any], gguf: Mapping[str, Any] | None, rows: Seq
         stop.append([f"greedy tokens llama.cpp = MLX (fused), first {ag['tokens']}", "", f"{ag['identical']}/{ag['prompts']} prompts"])
     elif gguf:
         stop.append(["llama.cpp GGUF", "", gguf.get("status")])
-    body.append("<h2>Stop rate: answers that end at the end-of-turn token within max_tokens</h2>")
+    body.append("<h2>Stop rate: answers that end at the end-of-turn token within their budget (max(exam.max_tokens, exam.answer_room × the reference answer's tokens))</h2>")
     body.append(table(["engine", "base", "fine-tuned"], stop))
     shown = [r for r in rows if "answer" in r["base"]][:sample]
     body.append("<h2>Sample of items, both models side by side</h2>")
