@@ -44,13 +44,8 @@ def answer_budget(tokenizer, reference: str, settings: ExamSettings) -> int:
     """Tokens an answer may take before it counts as not stopping. A fixed limit would fail a
     right answer that is longer than the limit (a code block, a section's lead), so the budget
     grows with the reference: max(max_tokens, ceil(answer_room x reference tokens))."""
-    ref = len(_hf_encode(tokenizer, reference))
+    ref = len(scoring._hf(tokenizer).encode(reference, add_special_tokens=False))
     return max(settings.max_tokens, math.ceil(settings.answer_room * ref))
-
-
-def _hf_encode(tokenizer, text: str) -> list[int]:
-    hf = getattr(tokenizer, "_tokenizer", tokenizer)
-    return list(hf.encode(text, add_special_tokens=False))
 
 
 def run_exam(model_dir: str | Path, adapter_dir: str | Path, items: Sequence[dict], settings: ExamSettings) -> tuple[dict, list[dict]]:
