@@ -16,6 +16,9 @@ from blogtune.testing import REPO, run_snakemake, write_config
 E2E_TRAIN = {"iters": 6, "epochs": None, "batch_size": 2, "max_seq_length": 256, "num_layers": 4,
              "steps_per_report": 3, "steps_per_eval": 3, "save_every": 3, "val_batches": 2, "warmup_steps": 1}
 E2E_EVAL = {"max_tokens": 24, "heldout_prompts": 1, "train_sample_articles": 1, "prompts": ["What is pg_tidy?"]}
+# A small exam: the defaults (96 answers, budgets up to ~500 tokens) take ~13 minutes here, and
+# the exam's scoring is tested on tiny models; this proves it runs on the real model in both engines.
+E2E_EXAM = {"max_items": 24, "generate_items": 6, "heldout_items": 1, "max_tokens": 24, "answer_room": 1.0}
 QUESTION = [{"role": "user", "content": "What is PostgreSQL? Answer in one sentence."}]
 N_TOKENS = 96  # the answer ends (<|im_end|>) after ~55 tokens
 
@@ -24,7 +27,7 @@ N_TOKENS = 96  # the answer ends (<|im_end|>) after ~55 tokens
 def run_dir(tmp_path_factory):
     work = tmp_path_factory.mktemp("embedded")
     write_config(work, {"blog": {"dir": str(REPO / "sample_blog")}, "train": E2E_TRAIN,
-                        "evaluate": E2E_EVAL, "export": {"gguf_type": "f32"}})
+                        "evaluate": E2E_EVAL, "exam": E2E_EXAM, "export": {"gguf_type": "f32"}})
     run_snakemake(work, timeout=900)
     return work / "results" / "smollm2-135m-instruct"
 
