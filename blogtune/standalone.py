@@ -25,6 +25,11 @@ def mock_snakemake(
     configfiles: extra config files applied over the Snakefile's `configfile:` (as --configfile).
     Output and log folders are created; nothing runs.
     """
+    # Loading the workflow runs its preflight, which imports mlx: bind the fast CPU BLAS first, as a
+    # Snakemake job's script does before its first mlx import (later binding has no effect).
+    from blogtune.blas import setup_mlx_cpu
+
+    setup_mlx_cpu()
     from snakemake.api import SnakemakeApi
     from snakemake.dag import DAG
     from snakemake.jobs import Job
