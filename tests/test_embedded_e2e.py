@@ -16,7 +16,7 @@ from blogtune.testing import REPO, run_snakemake, write_config
 E2E_TRAIN = {"iters": 6, "epochs": None, "batch_size": 2, "max_seq_length": 256, "num_layers": 4,
              "steps_per_report": 3, "steps_per_eval": 3, "save_every": 3, "val_batches": 2, "warmup_steps": 1}
 E2E_EVAL = {"max_tokens": 24, "heldout_prompts": 1, "train_sample_articles": 1, "prompts": ["What is pg_tidy?"]}
-# A small exam: the defaults (96 answers, budgets up to ~500 tokens) take ~13 minutes here, and
+# A small exam: the defaults (96 answers, budgets up to ~350 tokens) take 6-13 minutes here, and
 # the exam's scoring is tested on tiny models; this proves it runs on the real model in both engines.
 E2E_EXAM = {"max_items": 24, "generate_items": 6, "heldout_items": 1, "max_tokens": 24, "answer_room": 1.0}
 QUESTION = [{"role": "user", "content": "What is PostgreSQL? Answer in one sentence."}]
