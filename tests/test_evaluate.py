@@ -333,6 +333,35 @@ def test_seeded_sampling_is_identical_across_calls(loaded):
     assert other.text != runs[0].text
 
 
+
+def test_greedy_answers_are_decoded_together_and_equal_one_by_one(mlx_model):
+    """The default (temperature 0) decodes all prompts in one batch: the same answers, stop
+    tokens and limits as generating each alone (one prompt made to stop early, the others not)."""
+    from mlx_lm import load
+
+    model, tokenizer = load(str(mlx_model))
+    for layer in (model.model.embed_tokens, getattr(model, "lm_head", None)):  # varied greedy tokens
+        if layer is not None:
+            layer.weight = mx.random.normal(layer.weight.shape, key=mx.random.key(3))
+    # Plain-text prompts with different last tokens: a random tiny model's answer hangs on those.
+    starts = ["Once upon a time", "The btree index", "vacuum the table now", "A planner"]
+    prompts = [gen.Prompt(f"p{i}", "config", q, text=q) for i, q in enumerate(starts)]
+    tokens = [gen.prompt_tokens(tokenizer, p) for p in prompts]
+    free = gen.batch_generate(model, tokenizer, tokens, 9)
+    others = {t for d in free[:1] + free[2:] for t in d.tokens}
+    at = next(i for i, t in enumerate(free[1].tokens) if t not in others and t not in free[1].tokens[:i])
+    saved = set(tokenizer.eos_token_ids)
+    tokenizer.eos_token_ids = saved | {free[1].tokens[at]}  # pretend this token of prompt 1 ends the turn
+    try:
+        alone = [gen.generate_answer(model, tokenizer, t, 9, 0.0, 1.0, 0) for t in tokens]
+        together = gen.generate_all(model, tokenizer, prompts, ev.EvalSettings(max_tokens=9, temperature=0.0), "test")
+    finally:
+        tokenizer.eos_token_ids = saved
+    assert alone[1].finish == "stop" and alone[1].tokens == at
+    assert all(a.finish == "length" for a in alone[:1] + alone[2:])
+    for a, b in zip(alone, together, strict=True):
+        assert (b.text, b.tokens, b.finish, b.stop_token) == (a.text, a.tokens, a.finish, a.stop_token)
+
 # --------------------------------------------------------------------------- whole run
 
 

@@ -60,6 +60,19 @@ def test_multiple_choice_matches_an_independent_computation(loaded, exam_items):
     assert sum(r.correct for r in results) == correct
 
 
+
+def test_multiple_choice_scores_do_not_depend_on_how_items_are_batched(loaded, exam_items, monkeypatch):
+    """Items are scored 16 at a time, left-padded side by side: groups of 5 (and of 1) give the
+    same scores, in item order."""
+    model, tokenizer = loaded
+    together, _ = scoring.multiple_choice(model, tokenizer, exam_items)
+    for size in (5, 1):
+        monkeypatch.setattr(scoring, "MC_BATCH_ITEMS", size)
+        apart, _ = scoring.multiple_choice(model, tokenizer, exam_items)
+        for a, b in zip(apart, together, strict=True):
+            np.testing.assert_allclose(a.scores, b.scores, rtol=1e-4, atol=1e-3)
+            assert a.chosen == b.chosen
+
 def test_batched_greedy_answers_equal_one_by_one_generation(loaded, exam_items):
     from mlx_lm.generate import stream_generate
     from mlx_lm.sample_utils import make_sampler

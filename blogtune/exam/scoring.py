@@ -9,9 +9,10 @@ span, so the shared tokens cancel; dividing by the option's token count would fa
 that happen to tokenise longer. The right context after the span (same text for all options)
 is what lets the model reject an option that does not fit.
 
-Speed: the prompt and the sentence up to the blank run once per item into a KV cache; the four
-options continue from it as one batch; the output layer runs only on the scored rows, with
-training's cross-entropy kernel (blogtune.training). Generation batches all prompts.
+Speed: the prompt and the sentence up to the blank run once per item into a KV cache, 16 items
+side by side; the four options of each continue from it, all in one batch; the output layer runs
+only on the scored rows, with training's cross-entropy kernel (blogtune.train). Generation
+batches all prompts.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from blogtune.evaluate import batch_generate
 from blogtune.exam.answers import has_loop
 
 log = logging.getLogger(__name__)
 
 SUFFIX_TOKENS = 8
+MC_BATCH_ITEMS = 16  # items whose options are scored in one batch (x4 rows)
 
 
 def mc_messages(item: dict) -> list[dict]:
@@ -79,51 +82,61 @@ def _common_prefix(seqs: Sequence[list[int]]) -> int:
     return n
 
 
-def score_item_options(model, seqs: Sequence[tuple[list[int], int, int]]) -> tuple[list[float], int]:
-    """Summed log-probability of each option's window, sharing the prompt between the options.
+def score_items_options(model, items_seqs: Sequence[Sequence[tuple[list[int], int, int]]]) -> tuple[list[list[float]], int]:
+    """Summed log-probability of each option's window, for several items at once.
 
-    Tokens before the first one that differs between options are identical for all of them
-    (their log-probabilities cancel in the comparison): they run once, into a KV cache that the
-    options then continue from as one batch. Returns (scores, tokens run through the model).
+    Per item, the tokens before the first one that differs between its options are identical
+    for all of them (their log-probabilities cancel in the comparison): they run once, into a KV
+    cache, the items' prompts side by side (left-padded, mlx-lm's batch caches mask the padding).
+    The cache rows are then repeated once per option, and every option of every item continues
+    from its own item's row in one batch. Returns (scores per item, tokens run through the model).
     """
     import mlx.core as mx
-    from mlx_lm.models.cache import KVCache, make_prompt_cache
+    from mlx_lm.models.cache import make_prompt_cache
 
     from blogtune.train import make_cross_entropy
 
     ce = make_cross_entropy()
     head = _head(model)
-    toks = [s[0] for s in seqs]
-    split = max(1, min(_common_prefix(toks), *(s[1] for s in seqs)))
-    n_run = split - 1
-    cache = make_prompt_cache(model)
-    if split > 1:
-        mx.eval(model.model(mx.array([toks[0][: split - 1]]), cache=cache))
-    k = len(seqs)
-    width = max(end for _, _, end in seqs) - (split - 1) - 1
-    inputs = np.zeros((k, width), np.int32)
-    rows, targets, owner = [], [], []
-    for r, (t, _, end) in enumerate(seqs):
-        cont = t[split - 1 : end - 1]
-        inputs[r, : len(cont)] = cont
-        rows.append(r * width + np.arange(len(cont)))
-        targets.append(np.asarray(t[split:end], np.int32))
-        owner.append(np.full(len(cont), r))
-        n_run += len(cont)
-    batched = []
+    prefixes, conts, n_run = [], [], 0
+    for seqs in items_seqs:
+        toks = [s[0] for s in seqs]
+        split = max(1, min(_common_prefix(toks), *(s[1] for s in seqs)))
+        prefixes.append(toks[0][: split - 1])
+        # Each option continues from the last shared token; it scores its targets split..end-1.
+        conts.append([(t[split - 1 : end - 1], t[split:end]) for t, _, end in seqs])
+        n_run += split - 1 + sum(len(c) for c, _ in conts[-1])
+    longest = max(len(p) for p in prefixes)
+    pads = [longest - len(p) for p in prefixes]
+    cache = [type(layer).merge([layer] * len(prefixes)) for layer in make_prompt_cache(model)]
     for c in cache:
-        b = KVCache()
-        if c.keys is not None:
-            b.keys = mx.repeat(c.keys[..., : c.offset, :], k, axis=0)
-            b.values = mx.repeat(c.values[..., : c.offset, :], k, axis=0)
-            b.offset = c.offset
-        batched.append(b)
-    h = model.model(mx.array(inputs), cache=batched)
-    flat = h.reshape(-1, h.shape[-1])[mx.array(np.concatenate(rows))]
-    nll = ce(head(flat).astype(mx.float32), mx.array(np.concatenate(targets)))
-    per_row = np.zeros(k)
-    np.add.at(per_row, np.concatenate(owner), np.array(nll))
-    return [-float(x) for x in per_row], n_run
+        c.prepare(left_padding=pads)
+    if longest:
+        padded = np.zeros((len(prefixes), longest), np.int32)
+        for r, p in enumerate(prefixes):
+            padded[r, pads[r] :] = p
+        model.model(mx.array(padded), cache=cache)
+    owner = [i for i, c in enumerate(conts) for _ in c]  # cache row of each option
+    for c in cache:
+        c.filter(mx.array(owner))
+    flat = [c for item in conts for c in item]
+    width = max(len(x) for x, _ in flat)
+    inputs = np.zeros((len(flat), width), np.int32)
+    rows, targets = [], []
+    for r, (x, y) in enumerate(flat):
+        inputs[r, : len(x)] = x  # right padding: causal, so it never reaches the scored rows
+        rows.append(r * width + np.arange(len(x)))
+        targets.append(np.asarray(y, np.int32))
+    h = model.model(mx.array(inputs), cache=cache)
+    hidden = h.reshape(-1, h.shape[-1])[mx.array(np.concatenate(rows))]
+    nll = np.array(ce(head(hidden).astype(mx.float32), mx.array(np.concatenate(targets))))
+    per_row = np.zeros(len(flat))
+    np.add.at(per_row, np.repeat(np.arange(len(flat)), [len(x) for x, _ in flat]), nll)
+    out, at = [], 0
+    for item in conts:
+        out.append([-float(x) for x in per_row[at : at + len(item)]])
+        at += len(item)
+    return out, n_run
 
 
 @dataclass
@@ -136,11 +149,20 @@ class MCResult:
 def multiple_choice(model, tokenizer, items: Sequence[dict]) -> tuple[list[MCResult], dict]:
     """The option with the highest log-likelihood, per cloze item; plus throughput figures."""
     start = time.perf_counter()
-    out, n_tokens = [], 0
+    n_tokens = 0
     model.eval()
-    for it in items:
-        sc, n = score_item_options(model, option_sequences(it, tokenizer))
+    seqs = [option_sequences(it, tokenizer) for it in items]
+    # Items of similar length share a batch (less padding); results go back in item order.
+    order = sorted(range(len(items)), key=lambda i: len(seqs[i][0][0]))
+    scores: dict[int, list[float]] = {}
+    for at in range(0, len(order), MC_BATCH_ITEMS):
+        group = order[at : at + MC_BATCH_ITEMS]
+        got, n = score_items_options(model, [seqs[i] for i in group])
         n_tokens += n
+        scores.update(zip(group, got, strict=True))
+    out = []
+    for i, it in enumerate(items):
+        sc = scores[i]
         chosen = int(np.argmax(sc))
         out.append(MCResult(chosen, chosen == it["answer_index"], [round(x, 4) for x in sc]))
     seconds = time.perf_counter() - start
@@ -163,35 +185,11 @@ def prompt_tokens(tokenizer, question: str, system: str | None = None) -> list[i
 def greedy_answers(
     model, tokenizer, prompts: Sequence[list[int]], max_tokens: int | Sequence[int], batch_size: int = 32
 ) -> tuple[list[Generation], dict]:
-    """Greedy answers for all prompts at once with mlx-lm's BatchGenerator (continuous batching);
-    max_tokens: one limit for all, or one per prompt."""
-    import mlx.core as mx
-    from mlx_lm.generate import BatchGenerator
-
+    """Greedy answers for all prompts at once (blogtune.evaluate's batch_generate); max_tokens:
+    one limit for all, or one per prompt."""
     start = time.perf_counter()
-    eos = sorted(tokenizer.eos_token_ids)
-    gen = BatchGenerator(
-        model,
-        stop_tokens=[[t] for t in eos],
-        sampler=lambda logprobs: mx.argmax(logprobs, axis=-1),
-        completion_batch_size=batch_size,
-        prefill_batch_size=min(batch_size, 8),
-    )
-    limits = [int(max_tokens)] * len(prompts) if isinstance(max_tokens, int) else [int(m) for m in max_tokens]
-    uids = gen.insert([list(p) for p in prompts], limits)
-    toks: dict[int, list[int]] = {u: [] for u in uids}
-    finish: dict[int, str] = {}
-    while responses := gen.next_generated():
-        for r in responses:
-            if r.finish_reason != "stop":
-                toks[r.uid].append(int(r.token))
-            if r.finish_reason is not None:
-                finish[r.uid] = r.finish_reason
-    gen.close()
-    out = []
-    for u in uids:
-        t = toks[u]
-        out.append(Generation(tokenizer.decode(t), t, finish.get(u, "length"), has_loop(t)))
+    decoded = batch_generate(model, tokenizer, prompts, max_tokens, batch_size)
+    out = [Generation(tokenizer.decode(d.tokens), d.tokens, d.finish, has_loop(d.tokens)) for d in decoded]
     seconds = time.perf_counter() - start
     n = sum(len(g.tokens) for g in out)
     return out, {"answers": len(out), "generated_tokens": n, "seconds": round(seconds, 2), "tokens_per_s": round(n / max(seconds, 1e-9), 1)}
