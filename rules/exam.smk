@@ -78,5 +78,6 @@ rule exam_gguf:
         parameters=config["modelfile"]["parameters"],
         template=config["modelfile"]["template"],
         max_tokens=config["exam"]["max_tokens"],
+        greedy_items=config["exam"]["gguf_greedy_items"],
     script:
         "../scripts/exam_gguf.py"

@@ -1,5 +1,5 @@
 """Rule exam_gguf: the exported GGUF in llama.cpp with the Modelfile's template, stops and
-sampling; the exam's short-answer items; greedy agreement with the fused MLX model.
+sampling; the exam's short-answer items (the first exam.gguf_greedy_items greedy too); greedy agreement with the fused MLX model.
 Without llama-cpp-python it records "skipped: llama-cpp-python not installed".
 
 Run by Snakemake (`script:`), or by hand: `python scripts/exam_gguf.py` runs the job Snakemake would
@@ -15,7 +15,7 @@ from blogtune.logs import setup_logging, snakemake_log
 log = logging.getLogger("blogtune.exam_gguf")
 
 
-def run(gguf, modelfile, fused, rows_in, metrics_out, rows_out, system, parameters, template, max_tokens, log_file=None) -> None:
+def run(gguf, modelfile, fused, rows_in, metrics_out, rows_out, system, parameters, template, max_tokens, greedy_items=None, log_file=None) -> None:
     setup_logging(log_file)
     from blogtune.blas import use_fast_blas
 
@@ -23,7 +23,7 @@ def run(gguf, modelfile, fused, rows_in, metrics_out, rows_out, system, paramete
     from blogtune.exam.llamacpp import gguf_check
 
     items = [r for r in read_jsonl(rows_in) if "finish" in r["base"]]  # the short-answer items
-    metrics, rows = gguf_check(Path(gguf), Path(fused), Path(modelfile), items, system=system, parameters=parameters, template=template, max_tokens=max_tokens)
+    metrics, rows = gguf_check(Path(gguf), Path(fused), Path(modelfile), items, system=system, parameters=parameters, template=template, max_tokens=max_tokens, greedy_items=greedy_items)
     atomic_write_json(metrics_out, metrics)
     atomic_write_jsonl(rows_out, rows)
     if metrics["status"] != "ok":
@@ -31,9 +31,11 @@ def run(gguf, modelfile, fused, rows_in, metrics_out, rows_out, system, paramete
     else:
         s = metrics["all"]
         log.info(
-            "llama.cpp: stop rate %.0f%% (Modelfile sampling) / %.0f%% (greedy); greedy agreement with MLX %d/%d prompts",
+            "llama.cpp: stop rate %.0f%% (Modelfile sampling, %d items) / %.0f%% (greedy, %d items); greedy agreement with MLX %d/%d prompts",
             100 * (s["modelfile_sampling"]["stop_rate"]["rate"] or 0),
+            s["modelfile_sampling"]["answers"],
             100 * (s["greedy"]["stop_rate"]["rate"] or 0),
+            s["greedy"]["answers"],
             metrics["greedy_agreement_with_mlx"]["identical"],
             metrics["greedy_agreement_with_mlx"]["prompts"],
         )
@@ -44,7 +46,7 @@ def main(snakemake) -> None:
     run(
         snakemake.input.gguf, snakemake.input.modelfile, snakemake.input.fused, snakemake.input.rows,
         snakemake.output.metrics, snakemake.output.rows, p.system, dict(p.parameters or {}), p.template,
-        p.max_tokens, snakemake_log(snakemake),
+        p.max_tokens, p.greedy_items, snakemake_log(snakemake),
     )
 
 

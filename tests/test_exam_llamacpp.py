@@ -77,6 +77,7 @@ def test_gguf_check_uses_the_modelfile_settings(shipped):
     assert "<|im_end|>" in metrics["stops"]
     assert {k: metrics["sampling"][k] for k in ("temperature", "top_p", "repeat_penalty")} == {"temperature": 0.7, "top_p": 0.9, "repeat_penalty": 1.1}
     assert metrics["greedy_agreement_with_mlx"]["identical"] == 2
+    assert metrics["greedy_vs_mlx_exam"] is None  # these items carry no MLX exam answers
     for mode in ("modelfile_sampling", "greedy"):
         s = metrics["all"][mode]
         assert s["answers"] == 2
@@ -88,6 +89,22 @@ def test_gguf_check_uses_the_modelfile_settings(shipped):
     serving = llamacpp.serving_from_modelfile(fused, out / "Modelfile", None, params, None)
     prompt = llamacpp.render(serving, "Q?")
     assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_greedy_answers_are_held_against_the_mlx_exam_on_the_first_items(shipped):
+    fused, out, params = shipped
+    first = llamacpp.gguf_check(out / "m.gguf", fused, out / "Modelfile", ITEMS[:1], system=None, parameters=params, template=None, max_tokens=8)[1][0]["greedy"]
+    # The MLX exam's rows: item 0 answered exactly as llama.cpp did, item 1 differently.
+    items = [
+        {**ITEMS[0], "finetuned": {"answer": " " + first["text"] + " ", "finish": first["finish"]}},
+        {**ITEMS[1], "finetuned": {"answer": first["text"] + " and more", "finish": "length"}},
+    ]
+    metrics, rows = llamacpp.gguf_check(out / "m.gguf", fused, out / "Modelfile", items, system=None, parameters=params, template=None, max_tokens=8, greedy_items=1)
+    assert metrics["all"]["modelfile_sampling"]["answers"] == 2 and metrics["all"]["greedy"]["answers"] == 1
+    assert "greedy" in rows[0] and "greedy" not in rows[1] and "modelfile_sampling" in rows[1]
+    vs = metrics["greedy_vs_mlx_exam"]
+    assert vs["items"] == 1 and vs["identical_text"] == 1 and vs["same_finish"] == 1
+    assert vs["mlx_stop_rate"]["k"] == (first["finish"] == "stop")
 
 
 def test_a_stale_modelfile_template_is_reported(shipped, tmp_path):

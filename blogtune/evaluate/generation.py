@@ -196,7 +196,9 @@ def batch_generate(
     model, tokenizer, prompts: Sequence[Sequence[int]], max_tokens: int | Sequence[int], batch_size: int = 32
 ) -> list[Decoded]:
     """Greedy answers for all prompts at once (mlx-lm's BatchGenerator, continuous batching);
-    max_tokens: one limit for all, or one per prompt. Ends at any of the tokenizer's EOS ids."""
+    max_tokens: one limit for all, or one per prompt. Ends at any of the tokenizer's EOS ids.
+    Prompts go in by length, so those prefilled together need little left padding (measured
+    here on the exam's 96 prompts: -20% time)."""
     import mlx.core as mx
     from mlx_lm.generate import BatchGenerator
 
@@ -206,10 +208,13 @@ def batch_generate(
         stop_tokens=[[t] for t in eos],
         sampler=lambda logprobs: mx.argmax(logprobs, axis=-1),
         completion_batch_size=batch_size,
-        prefill_batch_size=min(batch_size, 8),
+        prefill_batch_size=min(batch_size, 32),
     )
     limits = [int(max_tokens)] * len(prompts) if isinstance(max_tokens, int) else [int(m) for m in max_tokens]
-    uids = gen.insert([list(p) for p in prompts], limits)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    uids = [None] * len(prompts)
+    for i, u in zip(order, gen.insert([list(prompts[i]) for i in order], [limits[i] for i in order]), strict=True):
+        uids[i] = u
     out = {u: Decoded([], "length") for u in uids}
     try:
         while responses := gen.next_generated():

@@ -107,18 +107,36 @@ def greedy_tokens(llm, tokens: Sequence[int], n: int) -> list[int]:
     return out
 
 
-def ask_items(llm, serving: Serving, items: Sequence[dict], max_tokens: int) -> dict[str, list[dict]]:
-    """Each short-answer item twice: with the Modelfile's sampling (what a user gets) and greedy.
+def ask_items(llm, serving: Serving, items: Sequence[dict], max_tokens: int, greedy_items: int | None = None) -> dict[str, list[dict]]:
+    """Each short-answer item with the Modelfile's sampling (what a user gets), and the first
+    `greedy_items` (None: all) greedy too, to hold against the MLX exam's greedy answers.
     An item's budget is the one the MLX exam gave it (`budget`), else max_tokens."""
     out: dict[str, list[dict]] = {"modelfile_sampling": [], "greedy": []}
-    for it in items:
+    n_greedy = len(items) if greedy_items is None else min(greedy_items, len(items))
+    for i, it in enumerate(items):
         ids = prompt_ids(llm, render(serving, it["question"]))
         budget = int(it.get("budget") or max_tokens)
-        for mode, sampling in (("modelfile_sampling", serving.sampling), ("greedy", None)):
+        modes = (("modelfile_sampling", serving.sampling), ("greedy", None))[: 2 if i < n_greedy else 1]
+        for mode, sampling in modes:
             a = complete(llm, ids, budget, serving.stops, sampling)
             a.update(item_id=it["item_id"], split=it["split"], budget=budget, exact=exact_match(a["text"], it["answer"]), f1=round(token_f1(a["text"], it["answer"]), 4), loop=has_loop(a["ids"]), abstain=abstains(a["text"]))
             out[mode].append(a)
     return out
+
+
+def greedy_vs_mlx_exam(greedy: Sequence[dict], items: Sequence[dict]) -> dict | None:
+    """llama.cpp's greedy answers against the MLX exam's greedy answers to the same items (the
+    fine-tuned model, adapters unfused): same ending, and the same text (whitespace aside)."""
+    mlx = {it["item_id"]: it["finetuned"] for it in items if "finish" in it.get("finetuned", {})}
+    pairs = [(a, mlx[a["item_id"]]) for a in greedy if a["item_id"] in mlx]
+    if not pairs:
+        return None
+    return {
+        "items": len(pairs),
+        "same_finish": sum(a["finish"] == m["finish"] for a, m in pairs),
+        "identical_text": sum(a["text"].strip() == m["answer"].strip() for a, m in pairs),
+        "mlx_stop_rate": rate([m["finish"] == "stop" for _, m in pairs]),
+    }
 
 
 def summarize(answers: Sequence[dict], seed: int = 0) -> dict:
@@ -131,14 +149,15 @@ def summarize(answers: Sequence[dict], seed: int = 0) -> dict:
     }
 
 
-def gguf_check(gguf_path: Path, fused_dir: Path, modelfile: Path | None, items: Sequence[dict], *, system: str | None, parameters: Mapping[str, Any] | None, template: str | None, max_tokens: int, agreement_prompts: int = 3, agreement_tokens: int = 16) -> tuple[dict, list[dict]]:
-    """Ask the short-answer items in llama.cpp and compare greedy tokens with the fused MLX model."""
+def gguf_check(gguf_path: Path, fused_dir: Path, modelfile: Path | None, items: Sequence[dict], *, system: str | None, parameters: Mapping[str, Any] | None, template: str | None, max_tokens: int, greedy_items: int | None = None, agreement_prompts: int = 3, agreement_tokens: int = 16) -> tuple[dict, list[dict]]:
+    """Ask the short-answer items in llama.cpp (the first `greedy_items` greedy too) and compare
+    greedy tokens with the fused MLX model."""
     started = time.time()
     if not available():
         return {"status": SKIPPED}, []
     serving = serving_from_modelfile(fused_dir, modelfile, system, parameters, template)
     llm = load(gguf_path, n_ctx=serving.num_ctx, seed=int(serving.sampling.get("seed", 0)))
-    answers = ask_items(llm, serving, items, max_tokens)
+    answers = ask_items(llm, serving, items, max_tokens, greedy_items)
     agreement = greedy_agreement(llm, fused_dir, [render(serving, it["question"]) for it in items[:agreement_prompts]], agreement_tokens)
     metrics = {
         "status": "ok",
@@ -149,10 +168,11 @@ def gguf_check(gguf_path: Path, fused_dir: Path, modelfile: Path | None, items: 
         "max_tokens": max_tokens,
         "train": {m: summarize([a for a in v if a["split"] == "train"]) for m, v in answers.items()},
         "all": {m: summarize(v) for m, v in answers.items()},
+        "greedy_vs_mlx_exam": greedy_vs_mlx_exam(answers["greedy"], items),
         "greedy_agreement_with_mlx": agreement,
         "seconds": round(time.time() - started, 1),
     }
-    rows = [{"item_id": it["item_id"], **{m: answers[m][i] for m in answers}} for i, it in enumerate(items)]
+    rows = [{"item_id": it["item_id"], **{m: answers[m][i] for m in answers if i < len(answers[m])}} for i, it in enumerate(items)]
     return metrics, rows
 
 

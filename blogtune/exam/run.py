@@ -25,7 +25,7 @@ class ExamSettings:
     answer_room: float = 1.5  # ... or this many times the reference answer's tokens, if more
     generate_items: int = 96  # short-answer items asked (teacher/view QA first, then cloze)
     heldout_items: int = 8  # of those, items about held-out posts (answers anyway vs "don't know")
-    batch_size: int = 32
+    batch_size: int = 96
     seed: int = 0
 
 

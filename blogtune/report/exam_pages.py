@@ -79,7 +79,11 @@ def exam_page(exam: Mapping[str, Any], gguf: Mapping[str, Any] | None, rows: Seq
     stop = [["MLX, greedy", _pct(exam.get("stop_rate", {}).get("base")), _pct(exam.get("stop_rate", {}).get("finetuned"))]]
     if gguf and gguf.get("status") == "ok":
         for mode, v in gguf["all"].items():
-            stop.append([f"llama.cpp GGUF (fine-tuned), {mode.replace('_', ' ')}", "", f"{_pct(v['stop_rate'])}; exact match {_pct(v['exact_match'])}"])
+            items = f", {v['answers']} items" if mode == "greedy" else ""
+            stop.append([f"llama.cpp GGUF (fine-tuned), {mode.replace('_', ' ')}{items}", "", f"{_pct(v['stop_rate'])}; exact match {_pct(v['exact_match'])}"])
+        vs = gguf.get("greedy_vs_mlx_exam")
+        if vs:
+            stop.append([f"greedy, the same {vs['items']} items: llama.cpp = MLX", "", f"same ending {vs['same_finish']}/{vs['items']}, same text {vs['identical_text']}/{vs['items']} (MLX stop rate on them {_pct(vs['mlx_stop_rate'])})"])
         ag = gguf["greedy_agreement_with_mlx"]
         stop.append([f"greedy tokens llama.cpp = MLX (fused), first {ag['tokens']}", "", f"{ag['identical']}/{ag['prompts']} prompts"])
     elif gguf:
