@@ -212,9 +212,7 @@ def batch_generate(
     )
     limits = [int(max_tokens)] * len(prompts) if isinstance(max_tokens, int) else [int(m) for m in max_tokens]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    uids = [None] * len(prompts)
-    for i, u in zip(order, gen.insert([list(prompts[i]) for i in order], [limits[i] for i in order]), strict=True):
-        uids[i] = u
+    uids = gen.insert([list(prompts[i]) for i in order], [limits[i] for i in order])
     out = {u: Decoded([], "length") for u in uids}
     try:
         while responses := gen.next_generated():
@@ -227,7 +225,8 @@ def batch_generate(
                     out[r.uid].finish = r.finish_reason
     finally:
         gen.close()
-    return [out[u] for u in uids]
+    uid_of = dict(zip(order, uids, strict=True))
+    return [out[uid_of[i]] for i in range(len(prompts))]
 
 
 def streamed_text(tokenizer, tokens: Sequence[int]) -> str:

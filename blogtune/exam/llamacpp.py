@@ -116,7 +116,7 @@ def ask_items(llm, serving: Serving, items: Sequence[dict], max_tokens: int, gre
     for i, it in enumerate(items):
         ids = prompt_ids(llm, render(serving, it["question"]))
         budget = int(it.get("budget") or max_tokens)
-        modes = (("modelfile_sampling", serving.sampling), ("greedy", None))[: 2 if i < n_greedy else 1]
+        modes = [("modelfile_sampling", serving.sampling)] + ([("greedy", None)] if i < n_greedy else [])
         for mode, sampling in modes:
             a = complete(llm, ids, budget, serving.stops, sampling)
             a.update(item_id=it["item_id"], split=it["split"], budget=budget, exact=exact_match(a["text"], it["answer"]), f1=round(token_f1(a["text"], it["answer"]), 4), loop=has_loop(a["ids"]), abstain=abstains(a["text"]))
