@@ -5,7 +5,8 @@ the same mlx-lm dataset classes training uses (blogtune.train.encode_rows), padd
 like `iterate_batches`, and scored on training's own target window (`blogtune.train.target_window`).
 Unlike mlx-lm's `evaluate`, every sample is scored (no dropped remainder batch) and sums are kept
 per sample, so per-article numbers and a token-weighted mean (perplexity = exp(mean token loss))
-come out of one pass.
+come out of one pass. As in training, only the scored positions go through the output layer, with
+training's cross-entropy kernel (measured on the defaults' test + valid splits: 32.3 -> 26.4 s).
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from blogtune.evaluate.settings import MLX_LM_DEFAULT_MAX_SEQ_LENGTH, EvalSettings
-from blogtune.train import encode_rows, on_cpu, patched_attention, target_window
+from blogtune.train import (
+    encode_rows,
+    make_cross_entropy,
+    on_cpu,
+    output_head,
+    patched_attention,
+    target_window,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,25 +153,50 @@ def pad_batch(encoded: Sequence[tuple[list[int], int]], max_seq_length: int) -> 
     return batch, rows
 
 
-def batch_token_nll(model, batch: np.ndarray, rows: np.ndarray, score_pad_target: bool = False):
-    """Per-sample (NLL sum, token count) over training's target window; logits in float32.
-    score_pad_target: also the padding target after each sample, as mlx-lm's default_loss does."""
-    import mlx.core as mx
-    import mlx.nn as nn
+def scored_rows(
+    batch: np.ndarray, rows: np.ndarray, score_pad_target: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat input positions, target tokens, sample of each) over training's target window.
 
-    tokens = mx.array(batch)
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    logits = model(inputs).astype(mx.float32)
-    steps = mx.arange(1, targets.shape[1] + 1)  # step s scores token s (target s - 1)
-    window = np.array([target_window(int(n), int(offset)) for offset, n in rows], np.int32)
-    if score_pad_target:
-        window[:, 1] += 1
-    window = mx.array(window)
-    mask = mx.logical_and(steps >= window[:, 0:1], steps < window[:, 1:])
-    ce = nn.losses.cross_entropy(logits, targets) * mask
-    nll, count = ce.sum(axis=1), mask.sum(axis=1)
-    mx.eval(nll, count)
-    return np.array(nll, dtype=np.float64), np.array(count, dtype=np.int64)
+    Step s scores token s from the hidden state at position s - 1 of the inputs (batch[:, :-1]).
+    score_pad_target: also the padding target after each sample, as mlx-lm's default_loss does.
+    """
+    width = batch.shape[1] - 1
+    pos, tgt, owner = [], [], []
+    for b, (offset, n) in enumerate(rows):
+        first, stop = target_window(int(n), int(offset))
+        steps = np.arange(first, min(stop + int(score_pad_target), width + 1))
+        pos.append(b * width + steps - 1)
+        tgt.append(batch[b, steps])
+        owner.append(np.full(len(steps), b))
+    return (
+        np.concatenate(pos).astype(np.int32),
+        np.concatenate(tgt).astype(np.int32),
+        np.concatenate(owner).astype(np.int64),
+    )
+
+
+def batch_token_nll(model, batch: np.ndarray, rows: np.ndarray, score_pad_target: bool = False, head=None):
+    """Per-sample (NLL sum, token count) over training's target window; logits in float32.
+
+    head (blogtune.train.head.output_head): only the scored positions go through the output layer,
+    with training's cross-entropy kernel; None: the whole model's logits."""
+    import mlx.core as mx
+
+    pos, targets, owner = scored_rows(batch, rows, score_pad_target)
+    if not len(pos):
+        return np.zeros(len(rows), np.float64), np.zeros(len(rows), np.int64)
+    inputs = mx.array(batch[:, :-1])
+    if head is not None:
+        h = model.model(inputs)
+        logits = head(h.reshape(-1, h.shape[-1])[mx.array(pos)])
+    else:
+        logits = model(inputs)
+        logits = logits.reshape(-1, logits.shape[-1])[mx.array(pos)]
+    nll = np.array(make_cross_entropy()(logits.astype(mx.float32), mx.array(targets)), dtype=np.float64)
+    sums = np.zeros(len(rows), np.float64)
+    np.add.at(sums, owner, nll)
+    return sums, np.bincount(owner, minlength=len(rows)).astype(np.int64)
 
 
 def sample_losses(
@@ -182,11 +215,12 @@ def sample_losses(
     results: dict[int, tuple[float, int]] = {}
     progress = Progress(f"{label or split}", len(order))
     model.eval()
+    head = output_head(model)
     with patched_attention(model, on_cpu()):  # training's CPU attention / swiglu kernels
         for start in range(0, len(order), settings.batch_size):
             chunk = order[start : start + settings.batch_size]
             batch, rows = pad_batch([encoded[i] for i in chunk], settings.max_seq_length)
-            nll, count = batch_token_nll(model, batch, rows, settings.score_pad_target)
+            nll, count = batch_token_nll(model, batch, rows, settings.score_pad_target, head)
             for k, i in enumerate(chunk):
                 results[i] = (float(nll[k]), int(count[k]))
             progress.update(len(results))

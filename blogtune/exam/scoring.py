@@ -67,13 +67,6 @@ def option_sequences(item: dict, tokenizer, suffix_tokens: int = SUFFIX_TOKENS) 
     return out
 
 
-def _head(model):
-    inner = model.model
-    if hasattr(model, "lm_head"):
-        return model.lm_head
-    return inner.embed_tokens.as_linear
-
-
 def _common_prefix(seqs: Sequence[list[int]]) -> int:
     n = min(len(s) for s in seqs)
     for i in range(n):
@@ -94,10 +87,11 @@ def score_items_options(model, items_seqs: Sequence[Sequence[tuple[list[int], in
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
-    from blogtune.train import make_cross_entropy
+    from blogtune.train import make_cross_entropy, output_head
 
     ce = make_cross_entropy()
-    head = _head(model)
+    head = output_head(model)
+    body = model.model if head is not None else model  # None: whole-model logits, rows picked after
     prefixes, conts, n_run = [], [], 0
     for seqs in items_seqs:
         toks = [s[0] for s in seqs]
@@ -115,7 +109,7 @@ def score_items_options(model, items_seqs: Sequence[Sequence[tuple[list[int], in
         padded = np.zeros((len(prefixes), longest), np.int32)
         for r, p in enumerate(prefixes):
             padded[r, pads[r] :] = p
-        model.model(mx.array(padded), cache=cache)
+        body(mx.array(padded), cache=cache)
     owner = [i for i, c in enumerate(conts) for _ in c]  # cache row of each option
     for c in cache:
         c.filter(mx.array(owner))
@@ -127,9 +121,10 @@ def score_items_options(model, items_seqs: Sequence[Sequence[tuple[list[int], in
         inputs[r, : len(x)] = x  # right padding: causal, so it never reaches the scored rows
         rows.append(r * width + np.arange(len(x)))
         targets.append(np.asarray(y, np.int32))
-    h = model.model(mx.array(inputs), cache=cache)
-    hidden = h.reshape(-1, h.shape[-1])[mx.array(np.concatenate(rows))]
-    nll = np.array(ce(head(hidden).astype(mx.float32), mx.array(np.concatenate(targets))))
+    h = body(mx.array(inputs), cache=cache)
+    picked = h.reshape(-1, h.shape[-1])[mx.array(np.concatenate(rows))]
+    logits = head(picked) if head is not None else picked
+    nll = np.array(ce(logits.astype(mx.float32), mx.array(np.concatenate(targets))))
     per_row = np.zeros(len(flat))
     np.add.at(per_row, np.repeat(np.arange(len(flat)), [len(x) for x, _ in flat]), nll)
     out, at = [], 0

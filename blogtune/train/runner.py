@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from blogtune.train.batches import Encoded, collate
+from blogtune.train.head import projection
 from blogtune.train.kernels import make_cross_entropy
 from blogtune.train.memory import available_memory_bytes
 from blogtune.train.settings import TrainSettings
@@ -34,11 +35,8 @@ def split_body(model, n_frozen: int) -> tuple[Callable, Callable, Callable] | No
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "embed_tokens"):
         return None
-    if hasattr(model, "lm_head"):
-        head = lambda h: model.lm_head(h)  # noqa: E731
-    elif hasattr(inner.embed_tokens, "as_linear"):
-        head = lambda h: inner.embed_tokens.as_linear(h)  # noqa: E731
-    else:
+    head = projection(model)
+    if head is None:
         return None
     norm = getattr(inner, "norm", None)
     if norm is None:
