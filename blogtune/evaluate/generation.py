@@ -202,6 +202,8 @@ def batch_generate(
     import mlx.core as mx
     from mlx_lm.generate import BatchGenerator
 
+    from blogtune.evaluate.batch_masks import batch_masks_fixed
+
     eos = sorted(tokenizer.eos_token_ids)
     gen = BatchGenerator(
         model,
@@ -215,14 +217,15 @@ def batch_generate(
     uids = gen.insert([list(prompts[i]) for i in order], [limits[i] for i in order])
     out = {u: Decoded([], "length") for u in uids}
     try:
-        while responses := gen.next_generated():
-            for r in responses:
-                if r.finish_reason == "stop":
-                    out[r.uid].stop_id = int(r.token)
-                else:
-                    out[r.uid].tokens.append(int(r.token))
-                if r.finish_reason is not None:
-                    out[r.uid].finish = r.finish_reason
+        with batch_masks_fixed(model):
+            while responses := gen.next_generated():
+                for r in responses:
+                    if r.finish_reason == "stop":
+                        out[r.uid].stop_id = int(r.token)
+                    else:
+                        out[r.uid].tokens.append(int(r.token))
+                    if r.finish_reason is not None:
+                        out[r.uid].finish = r.finish_reason
     finally:
         gen.close()
     uid_of = dict(zip(order, uids, strict=True))

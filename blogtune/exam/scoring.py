@@ -76,6 +76,14 @@ def _common_prefix(seqs: Sequence[list[int]]) -> int:
 
 
 def score_items_options(model, items_seqs: Sequence[Sequence[tuple[list[int], int, int]]]) -> tuple[list[list[float]], int]:
+    """_score_items_options, with gemma2's attention taking batch caches' masks."""
+    from blogtune.evaluate.batch_masks import batch_masks_fixed
+
+    with batch_masks_fixed(model):
+        return _score_items_options(model, items_seqs)
+
+
+def _score_items_options(model, items_seqs: Sequence[Sequence[tuple[list[int], int, int]]]) -> tuple[list[list[float]], int]:
     """Summed log-probability of each option's window, for several items at once.
 
     Per item, the tokens before the first one that differs between its options are identical

@@ -1,6 +1,7 @@
 """The output layer applied to scored rows only (blogtune.train.head) equals the whole model's
 logits, also for gemma2's final logit soft-capping; evaluation's losses and the exam's
-multiple-choice scores use it and agree with the whole-model computation."""
+multiple-choice scores use it and agree with the whole-model computation. gemma2 with
+grouped-query attention also scores and generates in batches (blogtune.evaluate.batch_masks)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ SOFTCAP = 0.5
 def gemma2(tiny_model_factory, tmp_path_factory):
     from mlx_lm import convert, load
 
-    # No grouped-query attention: mlx-lm's gemma2 cannot broadcast a batch cache's padding mask
-    # over its GQA scores (batched scoring fails there, a known upstream bug class).
-    hf = tiny_model_factory("gemma2", head_dim=32, num_key_value_heads=4, final_logit_softcapping=SOFTCAP)
+    # Grouped-query attention (4 heads, 2 kv heads), as gemma-2-2b: batch caches' masks need
+    # blogtune.evaluate.batch_masks there.
+    hf = tiny_model_factory("gemma2", head_dim=32, final_logit_softcapping=SOFTCAP)
     out = tmp_path_factory.mktemp("gemma2_mlx") / "mlx"
     convert(str(hf), str(out), dtype="float32")
     return load(str(out))
@@ -96,3 +97,28 @@ def test_multiple_choice_on_gemma2_matches_an_independent_computation(gemma2):
         first = next(i for i in range(min(len(s[0]) for s in seqs)) if len({s[0][i] for s in seqs}) > 1)
         ref = [_plain_logprob(model, t, first, end) for t, _, end in seqs]
         np.testing.assert_allclose(res.scores, ref, rtol=1e-4, atol=1e-3)
+
+
+def test_gemma2_gqa_generates_in_batches_like_one_by_one(gemma2):
+    """Without blogtune.evaluate.batch_masks, mlx-lm's gemma2 fails on 3+ left-padded prompts."""
+    from mlx_lm.generate import stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    model, tokenizer = gemma2
+    assert model.layers[0].self_attn.repeats > 1
+    questions = [
+        "What is pg_tidy?",
+        "Which flag does a dry run?",
+        "How do I roll the upgrade back safely?",
+        "Why?",
+    ]
+    prompts = [scoring.prompt_tokens(tokenizer, q) for q in questions]
+    gens, _ = scoring.greedy_answers(model, tokenizer, prompts, max_tokens=8, batch_size=4)
+    for p, g in zip(prompts, gens, strict=True):
+        toks = []
+        for r in stream_generate(model, tokenizer, mx.array(p), max_tokens=8, sampler=make_sampler(temp=0.0)):
+            if r.finish_reason == "stop":
+                break
+            toks.append(r.token)
+        assert g.tokens == toks
+    assert model.layers[0].self_attn.__class__.__call__.__name__ == "__call__"  # restored after
