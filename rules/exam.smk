@@ -52,6 +52,7 @@ rule exam:
         heldout_items=config["exam"]["heldout_items"],
         batch_size=config["exam"]["batch_size"],
         seed=config["exam"]["seed"],
+        max_reference_tokens=config["exam"]["max_reference_tokens"],
     script:
         "../scripts/exam.py"
 

@@ -43,7 +43,8 @@ def main(snakemake) -> None:
         snakemake.output.metrics,
         snakemake.output.rows,
         dict(max_tokens=p.max_tokens, answer_room=p.answer_room, generate_items=p.generate_items,
-             heldout_items=p.heldout_items, batch_size=p.batch_size, seed=p.seed),
+             heldout_items=p.heldout_items, batch_size=p.batch_size, seed=p.seed,
+             max_reference_tokens=p.max_reference_tokens),
         snakemake_log(snakemake),
     )
 

@@ -137,6 +137,23 @@ def test_answer_budget_grows_with_the_reference(loaded):
     assert n_ref > 8 and answer_budget(tokenizer, long_ref, settings) == math.ceil(1.5 * n_ref)
 
 
+
+def test_short_answers_leave_out_long_references(loaded):
+    from blogtune.exam.run import reference_tokens, short_answer_items
+
+    _, tokenizer = loaded
+    section = " ".join(f"Step {k}: run pg_tidy --min-bloat {k} on table t{k}." for k in range(12))
+    items = [
+        {"item_id": "long", "source": "view", "split": "train", "answer": section},
+        {"item_id": "short", "source": "view", "split": "train", "answer": "pg_tidy --dry-run"},
+        {"item_id": "cloze", "source": "cloze", "split": "train", "answer": "30"},
+    ]
+    cap = reference_tokens(tokenizer, section) - 1
+    got = short_answer_items(tokenizer, items, ExamSettings(generate_items=3, heldout_items=0, max_reference_tokens=cap))
+    assert [it["item_id"] for it in got] == ["short", "cloze"]
+    unlimited = ExamSettings(generate_items=3, heldout_items=0, max_reference_tokens=None)
+    assert [it["item_id"] for it in short_answer_items(tokenizer, items, unlimited)] == ["long", "short", "cloze"]
+
 def test_generation_items_keep_room_for_heldout_posts():
     from blogtune.exam.run import pick_generation_items
 
