@@ -7,6 +7,7 @@ mask_prompt and max_seq_length default to what the adapters' adapter_config.json
 
 # No `from __future__` here: Snakemake prepends its preamble to script files.
 import logging
+from pathlib import Path
 
 import pandas as pd
 
@@ -66,7 +67,11 @@ def run(
         eval_settings.max_seq_length,
         eval_settings.batch_size,
     )
-    result = evaluate_model_pair(model_dir, adapters, split_files, eval_settings)
+    from blogtune.evaluate.base_cache import BaseCache
+
+    # The base pass is kept beside the outputs: a new LoRA setting reruns only the adapters' pass.
+    cache = BaseCache(Path(metrics_out).parent / "base_cache")
+    result = evaluate_model_pair(model_dir, adapters, split_files, eval_settings, base_cache=cache)
 
     atomic_write_json(metrics_out, result.metrics)
     with atomic_open(per_article_out) as fh:

@@ -5,6 +5,7 @@ Run by Snakemake (`script:`), or by hand: `python scripts/exam.py` runs the job 
 """
 
 import logging
+from pathlib import Path
 
 from blogtune.io_utils import atomic_write_json, atomic_write_jsonl, read_jsonl
 from blogtune.logs import setup_logging, snakemake_log
@@ -26,7 +27,11 @@ def run(model, adapters, items_path, train_path, metrics_out, rows_out, settings
     if leaked:  # an item whose question was trained on measures nothing: drop it, say so
         log.warning("%d item(s) have a question that appears in %s; dropped", len(leaked), train_path)
         items = [it for it in items if it["item_id"] not in leaked]
-    metrics, rows = run_exam(model, adapters, items, ExamSettings(**settings))
+    from blogtune.evaluate.base_cache import BaseCache
+
+    # The base half is kept beside the outputs: a new LoRA setting reruns only the adapters' half.
+    cache = BaseCache(Path(metrics_out).parent / "base_cache")
+    metrics, rows = run_exam(model, adapters, items, ExamSettings(**settings), base_cache=cache)
     metrics["dropped_leaked"] = len(leaked)
     atomic_write_json(metrics_out, metrics)
     atomic_write_jsonl(rows_out, rows)

@@ -189,6 +189,23 @@ def test_default_target_exports_gguf_modelfile_and_evaluation(built):
             write_config(work, built["overrides"])
 
 
+
+def test_new_adapters_reuse_the_base_models_evaluation(built):
+    """A LoRA setting retrains; evaluation and the exam then score only the new adapters: the
+    base model's half comes from results/<model>/{eval,exam}/base_cache (blogtune.evaluate.base_cache)."""
+    work, slug = built["work"], built["slug"]
+    run_snakemake(work, "exam", "evaluate")
+    write_config(work, {**built["overrides"], "train": {**TINY_TRAIN, "learning_rate": 1e-3}})
+    try:
+        run_snakemake(work, "exam", "evaluate")
+        for stage in ("exam", "evaluate"):
+            text = (work / f"logs/{stage}/{slug}.log").read_text()
+            assert "base model results from the cache" in text, stage
+            assert "finetuned" in text and "base: multiple choice" not in text and "base model, test split" not in text
+    finally:
+        write_config(work, built["overrides"])
+
+
 def test_config_errors_fail_before_any_work(built, tmp_path):
     work = tmp_path / "bad"
     write_config(work, {**built["overrides"], "train": {**TINY_TRAIN, "rnak": 3}})

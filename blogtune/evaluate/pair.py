@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from blogtune.evaluate.base_cache import BaseCache, cache_key
 from blogtune.evaluate.generation import (
     Answer,
     Prompt,
@@ -56,8 +57,11 @@ def evaluate_model_pair(
     adapter_dir: str | Path,
     split_files: dict[str, str | Path],
     settings: EvalSettings,
+    base_cache: BaseCache | None = None,
 ) -> EvalResult:
-    """Base pass, then the same adapters-applied model in place (one copy of the weights in memory)."""
+    """Base pass, then the same adapters-applied model in place (one copy of the weights in memory).
+    base_cache: the base pass is taken from there when the base model, the data and the settings
+    are unchanged (blogtune.evaluate.base_cache)."""
     from mlx_lm import load
     from mlx_lm.tuner.utils import load_adapters
 
@@ -85,11 +89,18 @@ def evaluate_model_pair(
 
     losses: dict[str, dict[str, list[SampleLoss]]] = {}
     answers: dict[str, list[Answer]] = {}
+    cache = base_cache or BaseCache(None)
+    key = cache_key(model_dir, "evaluate", eval_sets, [asdict(p) for p in prompts], asdict(settings)) if base_cache else ""
+    if (cached := cache.load(key)) is not None:
+        losses["base"] = {split: [SampleLoss(**x) for x in rows] for split, rows in cached["losses"].items()}
+        answers["base"] = [Answer(**a) for a in cached["answers"]]
     for which in MODELS:
         if which == "finetuned":
             log.info("applying adapters %s", adapter_dir)
             load_adapters(model, str(adapter_dir))
             model.eval()  # LoRA dropout off
+        if which in losses:
+            continue
         losses[which] = {}
         for split, (samples, idx) in eval_sets.items():
             log.info("%s model, %s split: %d samples", which, split, len(samples))
@@ -97,6 +108,9 @@ def evaluate_model_pair(
                 model, tokenizer, samples, split, settings, label=f"{which} · {split}", indices=idx
             )
         answers[which] = generate_all(model, tokenizer, prompts, settings, which)
+        if which == "base":
+            half = {split: [asdict(x) for x in rows] for split, rows in losses[which].items()}
+            cache.save(key, {"losses": half, "answers": [asdict(a) for a in answers[which]]})
 
     metrics = build_metrics(losses, answers, data_stats, settings, model_dir, adapter_dir, started)
     metrics["train_sample_articles"] = sorted(chosen)

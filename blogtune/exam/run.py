@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from blogtune.evaluate.base_cache import BaseCache, cache_key
 from blogtune.exam import scoring
 from blogtune.exam.answers import abstains, exact_match, token_f1
 from blogtune.exam.stats import mean_ci, paired_lift, rate
@@ -64,8 +65,11 @@ def short_answer_items(tokenizer, items: Sequence[dict], settings: ExamSettings)
     return pick_generation_items(fits, settings.generate_items, settings.heldout_items)
 
 
-def run_exam(model_dir: str | Path, adapter_dir: str | Path, items: Sequence[dict], settings: ExamSettings) -> tuple[dict, list[dict]]:
-    """(metrics, per-item rows with both models' results)."""
+def run_exam(
+    model_dir: str | Path, adapter_dir: str | Path, items: Sequence[dict], settings: ExamSettings, base_cache: BaseCache | None = None
+) -> tuple[dict, list[dict]]:
+    """(metrics, per-item rows with both models' results). base_cache: the base half is taken
+    from there when the base model and the questions are unchanged (blogtune.evaluate.base_cache)."""
     from mlx_lm import load
     from mlx_lm.tuner.utils import load_adapters
 
@@ -77,17 +81,20 @@ def run_exam(model_dir: str | Path, adapter_dir: str | Path, items: Sequence[dic
     sa_items = short_answer_items(tokenizer, items, settings)
     prompts = [scoring.prompt_tokens(tokenizer, it["question"]) for it in sa_items]
     budgets = [answer_budget(tokenizer, it["answer"], settings) for it in sa_items]
+    cache = base_cache or BaseCache(None)
+    key = cache_key(model_dir, "exam", mc_items, prompts, budgets, settings.batch_size) if base_cache else ""
     results: dict[str, dict[str, Any]] = {}
+    if (cached := cache.load(key)) is not None:
+        results["base"] = _half_from_json(cached)
     for which in MODELS:
         if which == "finetuned":
             load_adapters(model, str(adapter_dir))
+        if which in results:
+            continue
         model.eval()
-        log.info("%s: %d multiple-choice items", which, len(mc_items))
-        mc, mc_speed = scoring.multiple_choice(model, tokenizer, mc_items)
-        log.info("%s: multiple choice %s; %d short answers", which, mc_speed, len(sa_items))
-        gens, gen_speed = scoring.greedy_answers(model, tokenizer, prompts, budgets, settings.batch_size)
-        log.info("%s: generation %s", which, gen_speed)
-        results[which] = {"mc": mc, "gen": gens, "speed": {"multiple_choice": mc_speed, "generation": gen_speed}}
+        results[which] = _answer_half(model, tokenizer, which, mc_items, prompts, budgets, settings)
+        if which == "base":
+            cache.save(key, _half_to_json(results[which]))
 
     rows = item_rows(items, mc_items, sa_items, results, budgets)
     metrics = exam_metrics(rows, settings)
@@ -95,6 +102,24 @@ def run_exam(model_dir: str | Path, adapter_dir: str | Path, items: Sequence[dic
     metrics["seconds"] = round(time.time() - started, 1)
     metrics["settings"] = asdict(settings)
     return metrics, rows
+
+
+def _answer_half(model, tokenizer, which, mc_items, prompts, budgets, settings: ExamSettings) -> dict[str, Any]:
+    log.info("%s: %d multiple-choice items", which, len(mc_items))
+    mc, mc_speed = scoring.multiple_choice(model, tokenizer, mc_items)
+    log.info("%s: multiple choice %s; %d short answers", which, mc_speed, len(prompts))
+    gens, gen_speed = scoring.greedy_answers(model, tokenizer, prompts, budgets, settings.batch_size)
+    log.info("%s: generation %s", which, gen_speed)
+    return {"mc": mc, "gen": gens, "speed": {"multiple_choice": mc_speed, "generation": gen_speed}}
+
+
+def _half_to_json(half: dict[str, Any]) -> dict[str, Any]:
+    return {"mc": [asdict(m) for m in half["mc"]], "gen": [asdict(g) for g in half["gen"]], "speed": half["speed"]}
+
+
+def _half_from_json(value: dict[str, Any]) -> dict[str, Any]:
+    speed = {k: {**v, "cached": True} for k, v in value["speed"].items()}
+    return {"mc": [scoring.MCResult(**m) for m in value["mc"]], "gen": [scoring.Generation(**g) for g in value["gen"]], "speed": speed}
 
 
 def item_rows(items, mc_items, sa_items, results, budgets=None) -> list[dict]:
