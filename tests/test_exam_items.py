@@ -98,6 +98,13 @@ def test_intervals():
     assert none["ci"][0] < 0 < none["ci"][1]
 
 
+def test_rates_per_language():
+    rows = [{"lang": "en", "ok": True}] * 3 + [{"lang": "zh", "ok": False}, {"lang": "zh", "ok": True}, {"ok": True}]
+    got = stats.by_lang(rows, lambda rs: stats.rate([r["ok"] for r in rs]))
+    assert list(got) == ["?", "en", "zh"]  # an item without a language is counted, not dropped
+    assert (got["en"]["k"], got["en"]["n"]) == (3, 3) and (got["zh"]["k"], got["zh"]["n"]) == (1, 2)
+
+
 def test_exam_items_rule_reads_the_teach_stage_heldout_questions(tmp_path):
     blog = tmp_path / "blog"
     blog.mkdir()

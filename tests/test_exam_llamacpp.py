@@ -62,8 +62,8 @@ def shipped(tiny_model_factory, tmp_path_factory):
 
 
 ITEMS = [
-    {"item_id": "a", "split": "train", "question": "What does pg_tidy do?", "answer": "reclaims bloat"},
-    {"item_id": "b", "split": "test", "question": "Which flag limits lock waits?", "answer": "--lock-timeout"},
+    {"item_id": "a", "split": "train", "lang": "en", "question": "What does pg_tidy do?", "answer": "reclaims bloat"},
+    {"item_id": "b", "split": "test", "lang": "zh", "question": "哪个参数限制锁等待？", "answer": "--lock-timeout"},
 ]
 
 
@@ -85,6 +85,9 @@ def test_gguf_check_uses_the_modelfile_settings(shipped):
         assert s["stop_rate"]["k"] == sum(a["finish"] == "stop" for a in got)
         assert all(a["finish"] in ("stop", "length") for a in got)
         assert all(a["tokens"] <= 8 for a in got)
+    for lang, r in metrics["stop_rate_by_lang"].items():  # Modelfile sampling, per language
+        assert (r["n"], r["k"]) == (1, sum(x["modelfile_sampling"]["finish"] == "stop" for x, it in zip(rows, ITEMS, strict=True) if it["lang"] == lang))
+    assert sorted(metrics["stop_rate_by_lang"]) == ["en", "zh"]
     # The prompt is the chat family's rendering: SmolLM2's default system turn, then the question.
     serving = llamacpp.serving_from_modelfile(fused, out / "Modelfile", None, params, None)
     prompt = llamacpp.render(serving, "Q?")

@@ -109,6 +109,10 @@ def test_run_exam_base_vs_adapters(mlx_dir, exam_items, tmp_path):
         assert len(asked) == 4
         assert all(r["budget"] >= 6 and r[which]["tokens"] <= r["budget"] for r in asked)
         assert metrics["stop_rate"][which]["k"] == sum(r[which]["finish"] == "stop" for r in asked)
+        per_lang = metrics["stop_rate_by_lang"]
+        assert sum(v[which]["n"] for v in per_lang.values()) == len(asked)
+        for lang, v in per_lang.items():
+            assert v[which]["k"] == sum(r[which]["finish"] == "stop" for r in asked if r["lang"] == lang)
         assert all(r[which]["exact"] == answers.exact_match(r[which]["answer"], r["answer"]) for r in asked)
     assert mc["lift"]["lift"] == pytest.approx(mc["finetuned"]["rate"] - mc["base"]["rate"])
     assert any(r["base"]["mc_scores"] != r["finetuned"]["mc_scores"] for r in rows)  # adapters applied

@@ -245,6 +245,24 @@ def test_corpus_split_and_artefact_pages_escape_post_data(tmp_path):
     assert "2.0 KB" in html and "–" in html
 
 
+def test_exam_page_gives_the_stop_rate_per_language():
+    from blogtune.exam.stats import rate
+    from blogtune.report import exam_pages
+
+    def r(k, n):
+        return rate([True] * k + [False] * (n - k))
+
+    exam = {"stop_rate": {"base": r(2, 10), "finetuned": r(9, 10)}, "stop_rate_by_lang": {"en": {"base": r(1, 6), "finetuned": r(6, 6)}, "zh": {"base": r(1, 4), "finetuned": r(3, 4)}}}
+    one = {"answers": 10, "stop_rate": r(8, 10), "exact_match": r(1, 10)}
+    gguf = {"status": "ok", "all": {"modelfile_sampling": one}, "stop_rate_by_lang": {"en": r(6, 6), "zh": r(2, 4)}, "greedy_agreement_with_mlx": {"prompts": 3, "tokens": 16, "identical": 3}}
+    html = exam_pages.exam_page(exam, gguf, [])
+    assert "MLX, greedy, zh items</td><td>25.0% [4.6, 69.9] (n=4)</td><td>75.0%" in html
+    assert "modelfile sampling, zh items</td><td></td><td>50.0%" in html
+    assert exam_pages.headline(exam, gguf)["stop_rate_mlx_by_lang"]["en"]["finetuned"]["k"] == 6
+    alone = exam_pages.exam_page({**exam, "stop_rate_by_lang": {"en": exam["stop_rate_by_lang"]["en"]}}, None, [])
+    assert "en items" not in alone  # one language: the total says it all
+
+
 def test_formatting_helpers():
     assert pages.fmt_num(48032.19) == "48,032" and pages.fmt_num(10.7796) == "10.78"
     assert (

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from blogtune.exam.answers import abstains, exact_match, has_loop, token_f1
-from blogtune.exam.stats import mean_ci, rate
+from blogtune.exam.stats import by_lang, mean_ci, rate
 
 log = logging.getLogger(__name__)
 SKIPPED = "skipped: llama-cpp-python not installed"
@@ -119,7 +119,7 @@ def ask_items(llm, serving: Serving, items: Sequence[dict], max_tokens: int, gre
         modes = [("modelfile_sampling", serving.sampling)] + ([("greedy", None)] if i < n_greedy else [])
         for mode, sampling in modes:
             a = complete(llm, ids, budget, serving.stops, sampling)
-            a.update(item_id=it["item_id"], split=it["split"], budget=budget, exact=exact_match(a["text"], it["answer"]), f1=round(token_f1(a["text"], it["answer"]), 4), loop=has_loop(a["ids"]), abstain=abstains(a["text"]))
+            a.update(item_id=it["item_id"], split=it["split"], lang=it.get("lang"), budget=budget, exact=exact_match(a["text"], it["answer"]), f1=round(token_f1(a["text"], it["answer"]), 4), loop=has_loop(a["ids"]), abstain=abstains(a["text"]))
             out[mode].append(a)
     return out
 
@@ -168,6 +168,7 @@ def gguf_check(gguf_path: Path, fused_dir: Path, modelfile: Path | None, items: 
         "max_tokens": max_tokens,
         "train": {m: summarize([a for a in v if a["split"] == "train"]) for m, v in answers.items()},
         "all": {m: summarize(v) for m, v in answers.items()},
+        "stop_rate_by_lang": by_lang(answers["modelfile_sampling"], lambda rs: rate([a["finish"] == "stop" for a in rs])),
         "greedy_vs_mlx_exam": greedy_vs_mlx_exam(answers["greedy"], items),
         "greedy_agreement_with_mlx": agreement,
         "seconds": round(time.time() - started, 1),

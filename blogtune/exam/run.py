@@ -14,7 +14,7 @@ from typing import Any
 from blogtune.evaluate.base_cache import BaseCache, cache_key
 from blogtune.exam import scoring
 from blogtune.exam.answers import abstains, exact_match, token_f1
-from blogtune.exam.stats import mean_ci, paired_lift, rate
+from blogtune.exam.stats import by_lang, mean_ci, paired_lift, rate
 
 log = logging.getLogger(__name__)
 MODELS = ("base", "finetuned")
@@ -200,6 +200,7 @@ def exam_metrics(rows: Sequence[dict], settings: ExamSettings) -> dict:
     sa_all = [r for r in rows if "finish" in r["base"]]
     out["stop_rate"] = {w: rate([r[w]["finish"] == "stop" for r in sa_all]) for w in MODELS}
     out["loop_rate"] = {w: rate([r[w]["loop"] for r in sa_all]) for w in MODELS}
+    out["stop_rate_by_lang"] = by_lang(sa_all, lambda rs: {w: rate([r[w]["finish"] == "stop" for r in rs]) for w in MODELS})
     held = [r for r in sa_all if r["split"] == "test"]
     # Held-out posts: answering anyway vs saying "I don't know" (reported, not a target).
     out["heldout_answers_anyway"] = {w: rate([not r[w]["abstain"] for r in held]) for w in MODELS}

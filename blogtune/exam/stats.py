@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,3 +54,10 @@ def paired_lift(before: Sequence[float], after: Sequence[float], seed: int = 0, 
         "lift": float(d.mean()),
         "ci": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))],
     }
+
+
+def by_lang(rows: Sequence[dict], measure: Callable[[list[dict]], Any]) -> dict[str, Any]:
+    """measure(rows) per language of the items (a bilingual blog: a small model's weaker language
+    shows as its own row instead of hiding in the total)."""
+    langs = sorted({str(r.get("lang") or "?") for r in rows})
+    return {lang: measure([r for r in rows if str(r.get("lang") or "?") == lang]) for lang in langs}

@@ -44,6 +44,7 @@ def headline(exam: Mapping[str, Any], gguf: Mapping[str, Any] | None) -> dict[st
             if ":" not in kind
         },
         "stop_rate_mlx": exam.get("stop_rate"),
+        "stop_rate_mlx_by_lang": exam.get("stop_rate_by_lang"),
         "loop_rate_mlx": exam.get("loop_rate"),
         "heldout_answers_anyway": exam.get("heldout_answers_anyway"),
         "seconds": exam.get("seconds"),
@@ -54,6 +55,7 @@ def headline(exam: Mapping[str, Any], gguf: Mapping[str, Any] | None) -> dict[st
             out["llama_cpp"] |= {
                 "stop_rate": {m: v["stop_rate"] for m, v in gguf["all"].items()},
                 "exact_match": {m: v["exact_match"] for m, v in gguf["all"].items()},
+                "stop_rate_by_lang": gguf.get("stop_rate_by_lang"),
                 "greedy_agreement_with_mlx": {k: gguf["greedy_agreement_with_mlx"][k] for k in ("prompts", "tokens", "identical")},
             }
     return out
@@ -77,10 +79,16 @@ def exam_page(exam: Mapping[str, Any], gguf: Mapping[str, Any] | None, rows: Seq
         body.append("<h3>Short answer (greedy)</h3>")
         body.append(table(["kind", "model", "items", "exact match", "token F1", "stop rate", "n-gram loops", "says it does not know"], sa_rows))
     stop = [["MLX, greedy", _pct(exam.get("stop_rate", {}).get("base")), _pct(exam.get("stop_rate", {}).get("finetuned"))]]
+    langs = exam.get("stop_rate_by_lang") or {}
+    if len(langs) > 1:  # one row per language: a weaker language does not hide in the total
+        stop += [[f"MLX, greedy, {lang} items", _pct(v["base"]), _pct(v["finetuned"])] for lang, v in langs.items()]
     if gguf and gguf.get("status") == "ok":
         for mode, v in gguf["all"].items():
             items = f", {v['answers']} items" if mode == "greedy" else ""
             stop.append([f"llama.cpp GGUF (fine-tuned), {mode.replace('_', ' ')}{items}", "", f"{_pct(v['stop_rate'])}; exact match {_pct(v['exact_match'])}"])
+        g_langs = gguf.get("stop_rate_by_lang") or {}
+        if len(g_langs) > 1:
+            stop += [[f"llama.cpp GGUF (fine-tuned), modelfile sampling, {lang} items", "", _pct(v)] for lang, v in g_langs.items()]
         vs = gguf.get("greedy_vs_mlx_exam")
         if vs:
             stop.append([f"greedy, the same {vs['items']} items: llama.cpp = MLX", "", f"same ending {vs['same_finish']}/{vs['items']}, same text {vs['identical_text']}/{vs['items']} (MLX stop rate on them {_pct(vs['mlx_stop_rate'])})"])
