@@ -123,3 +123,52 @@ def test_without_llama_cpp_the_check_is_skipped(shipped, monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import now raises ImportError
     metrics, rows = llamacpp.gguf_check(out / "m.gguf", fused, out / "Modelfile", ITEMS, system=None, parameters=params, template=None, max_tokens=8)
     assert metrics == {"status": "skipped: llama-cpp-python not installed"} and rows == []
+
+
+def test_the_repeat_penalty_is_llama_cpps_over_a_window():
+    """Each distinct token in the last `last_n` ids once: positive logits divided, negative
+    multiplied; tokens outside the window untouched; last_n 0 turns it off, -1 is the context."""
+    import numpy as np
+
+    scores = np.array([2.0, -2.0, 4.0, 1.0, -1.0], dtype=np.float32)
+    got = llamacpp.repeat_penalty_over_prompt(2.0, 3, 512)(np.array([3, 0, 1, 1, 0]), scores.copy())
+    assert got.tolist() == [1.0, -4.0, 4.0, 1.0, -1.0]  # window [1, 1, 0]: token 3 fell out
+    assert llamacpp.repeat_penalty_over_prompt(2.0, 0, 512)(np.array([0, 1]), scores.copy()).tolist() == scores.tolist()
+    whole = llamacpp.repeat_penalty_over_prompt(2.0, -1, 512)(np.array([3, 0, 1]), scores.copy())
+    assert whole.tolist() == [1.0, -4.0, 4.0, 0.5, -1.0]
+
+
+def test_sampled_answers_penalise_the_prompt_like_ollama(shipped, monkeypatch):
+    """Ollama and llama-server put the prompt through the sampler, so its last tokens (the chat
+    template's end-of-turn among them) are in the penalty window from the first answer token on.
+    The engine hands the penalty prompt + answer so far and samples from what it returns (top_k 1:
+    the argmax). A penalty below 1 favours the window instead, so the first answer token must be
+    a prompt token, which this model's raw favourite is not."""
+    import numpy as np
+
+    fused, out, params = shipped
+    llm = llamacpp.load(out / "m.gguf", n_ctx=512)
+    ids = llamacpp.prompt_ids(llm, PROMPTS[0])
+    seen: list[tuple[list[int], np.ndarray, np.ndarray]] = []
+    made = llamacpp.repeat_penalty_over_prompt
+
+    def recording(penalty, last_n, n_ctx):
+        inner = made(penalty, last_n, n_ctx)
+
+        def apply(input_ids, scores):
+            raw = scores.copy()
+            out = inner(input_ids, scores)
+            seen.append((list(input_ids), raw, out.copy()))
+            return out
+
+        return apply
+
+    monkeypatch.setattr(llamacpp, "repeat_penalty_over_prompt", recording)
+    sampling = {"temperature": 0.7, "top_p": 1.0, "top_k": 1, "min_p": 0.0, "repeat_penalty": 0.02, "repeat_last_n": 64, "seed": 0}
+    answer = llamacpp.complete(llm, ids, 6, [], sampling)
+    assert seen[0][0] == ids  # the first answer token already sees the prompt in its window
+    assert answer["tokens"] == len(seen) == 6
+    for (window, _, out), (following, _, _) in zip(seen, seen[1:], strict=False):  # it sampled from our logits
+        assert following == window + [int(np.argmax(out))]
+    _, raw, out = seen[0]
+    assert int(np.argmax(out)) in ids[-64:] and int(np.argmax(raw)) not in ids

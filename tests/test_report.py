@@ -254,11 +254,14 @@ def test_exam_page_gives_the_stop_rate_per_language():
 
     exam = {"stop_rate": {"base": r(2, 10), "finetuned": r(9, 10)}, "stop_rate_by_lang": {"en": {"base": r(1, 6), "finetuned": r(6, 6)}, "zh": {"base": r(1, 4), "finetuned": r(3, 4)}}}
     one = {"answers": 10, "stop_rate": r(8, 10), "exact_match": r(1, 10)}
-    gguf = {"status": "ok", "all": {"modelfile_sampling": one}, "stop_rate_by_lang": {"en": r(6, 6), "zh": r(2, 4)}, "greedy_agreement_with_mlx": {"prompts": 3, "tokens": 16, "identical": 3}}
+    sampling = {"temperature": 0.7, "top_p": 0.9, "top_k": 40, "repeat_penalty": 1.1, "repeat_last_n": 64}
+    gguf = {"status": "ok", "sampling": sampling, "all": {"modelfile_sampling": one}, "stop_rate_by_lang": {"en": r(6, 6), "zh": r(2, 4)}, "greedy_agreement_with_mlx": {"prompts": 3, "tokens": 16, "identical": 3}}
     html = exam_pages.exam_page(exam, gguf, [])
+    assert "repeat_penalty 1.1 over the last 64 tokens, the prompt&#x27;s included" in html
     assert "MLX, greedy, zh items</td><td>25.0% [4.6, 69.9] (n=4)</td><td>75.0%" in html
     assert "modelfile sampling, zh items</td><td></td><td>50.0%" in html
     assert exam_pages.headline(exam, gguf)["stop_rate_mlx_by_lang"]["en"]["finetuned"]["k"] == 6
+    assert exam_pages.headline(exam, gguf)["llama_cpp"]["sampling"] == sampling
     alone = exam_pages.exam_page({**exam, "stop_rate_by_lang": {"en": exam["stop_rate_by_lang"]["en"]}}, None, [])
     assert "en items" not in alone  # one language: the total says it all
 

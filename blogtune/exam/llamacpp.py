@@ -3,8 +3,10 @@
 The prompt, stop list and sampling settings are the Modelfile's own: the chat family that
 wrote its TEMPLATE (blogtune.chat_format; `render` is what the Go template produces, with the
 Modelfile SYSTEM as the system turn, as Ollama does), and blogtune.modelfile.ollama_parameters
-for stop/temperature/top_p/repeat_penalty. We also check that the Modelfile on disk carries that
-very TEMPLATE, so a hand-edited or stale Modelfile shows up instead of passing silently.
+for stop/temperature/top_p/repeat_penalty/repeat_last_n, with Ollama's defaults for the rest.
+The repeat penalty's window holds the prompt's last tokens too, as in Ollama (see
+`repeat_penalty_over_prompt`). We also check that the Modelfile on disk carries that very
+TEMPLATE, so a hand-edited or stale Modelfile shows up instead of passing silently.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from blogtune.exam.answers import abstains, exact_match, has_loop, token_f1
 from blogtune.exam.stats import by_lang, mean_ci, rate
 
 log = logging.getLogger(__name__)
 SKIPPED = "skipped: llama-cpp-python not installed"
-OLLAMA_DEFAULTS = {"temperature": 0.8, "top_p": 0.9, "top_k": 40, "min_p": 0.0, "repeat_penalty": 1.1, "seed": 0}
+OLLAMA_DEFAULTS = {"temperature": 0.8, "top_p": 0.9, "top_k": 40, "min_p": 0.0, "repeat_penalty": 1.1, "repeat_last_n": 64, "seed": 0}
 
 
 def available() -> bool:
@@ -75,10 +79,34 @@ def prompt_ids(llm, text: str) -> list[int]:
     return llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
 
+def repeat_penalty_over_prompt(penalty: float, last_n: int, n_ctx: int):
+    """llama.cpp's repeat penalty over the last `last_n` tokens of prompt and answer together.
+
+    Ollama and llama-server pass every prompt token through the sampler before the first answer
+    token, so the penalty window opens on the end of the chat template (its end-of-turn token
+    included) and the question's words. llama-cpp-python's create_completion penalises generated
+    tokens only; this logits processor restores the served behaviour (used with the engine's own
+    penalty off). Like llama.cpp: each distinct token in the window once, positive logits divided
+    by the penalty, negative ones multiplied; last_n -1 is the whole context, 0 none."""
+    window = n_ctx if last_n == -1 else last_n
+
+    def apply(input_ids, scores):
+        if window > 0 and penalty != 1.0 and len(input_ids):
+            ids = np.unique(np.asarray(input_ids[-window:], dtype=np.int64))
+            picked = scores[ids]
+            scores[ids] = np.where(picked > 0, picked / penalty, picked * penalty)
+        return scores
+
+    return apply
+
+
 def complete(llm, tokens: Sequence[int], max_tokens: int, stops: Sequence[str], sampling: Mapping[str, Any] | None) -> dict:
     """One answer: text, token ids, finish ("stop": EOS or a stop string; "length": the limit)."""
+    from llama_cpp import LogitsProcessorList
+
     s = dict(sampling or {})
     greedy = sampling is None or float(s.get("temperature", 0)) == 0.0
+    penalty = None if greedy else repeat_penalty_over_prompt(float(s["repeat_penalty"]), int(s["repeat_last_n"]), llm.n_ctx())
     llm.reset()
     out = llm.create_completion(
         list(tokens),
@@ -88,7 +116,8 @@ def complete(llm, tokens: Sequence[int], max_tokens: int, stops: Sequence[str], 
         top_p=1.0 if greedy else float(s["top_p"]),
         top_k=1 if greedy else int(s["top_k"]),
         min_p=0.0 if greedy else float(s["min_p"]),
-        repeat_penalty=1.0 if greedy else float(s["repeat_penalty"]),
+        repeat_penalty=1.0,  # applied by `penalty`, over the prompt too
+        logits_processor=None if penalty is None else LogitsProcessorList([penalty]),
         seed=int(s.get("seed", 0)),
     )
     choice = out["choices"][0]

@@ -56,9 +56,19 @@ def headline(exam: Mapping[str, Any], gguf: Mapping[str, Any] | None) -> dict[st
                 "stop_rate": {m: v["stop_rate"] for m, v in gguf["all"].items()},
                 "exact_match": {m: v["exact_match"] for m, v in gguf["all"].items()},
                 "stop_rate_by_lang": gguf.get("stop_rate_by_lang"),
+                "sampling": gguf.get("sampling"),
                 "greedy_agreement_with_mlx": {k: gguf["greedy_agreement_with_mlx"][k] for k in ("prompts", "tokens", "identical")},
             }
     return out
+
+
+def sampling_label(sampling: dict) -> str:
+    """The settings llama.cpp sampled with, as Ollama applies them (the penalty's window opens
+    on the prompt's last tokens: Ollama and llama-server pass the prompt through the sampler)."""
+    last_n = sampling.get("repeat_last_n", 64)
+    window = "the whole context" if last_n == -1 else f"the last {last_n} tokens, the prompt's included"
+    return (f"temperature {sampling.get('temperature')}, top_p {sampling.get('top_p')}, top_k {sampling.get('top_k')}, "
+            f"repeat_penalty {sampling.get('repeat_penalty')} over {window}")
 
 
 def exam_page(exam: Mapping[str, Any], gguf: Mapping[str, Any] | None, rows: Sequence[Mapping], sample: int = 12) -> str:
@@ -83,6 +93,8 @@ def exam_page(exam: Mapping[str, Any], gguf: Mapping[str, Any] | None, rows: Seq
     if len(langs) > 1:  # one row per language: a weaker language does not hide in the total
         stop += [[f"MLX, greedy, {lang} items", _pct(v["base"]), _pct(v["finetuned"])] for lang, v in langs.items()]
     if gguf and gguf.get("status") == "ok":
+        if gguf.get("sampling"):
+            stop.append(["llama.cpp GGUF: the Modelfile's sampling", "", sampling_label(gguf["sampling"])])
         for mode, v in gguf["all"].items():
             items = f", {v['answers']} items" if mode == "greedy" else ""
             stop.append([f"llama.cpp GGUF (fine-tuned), {mode.replace('_', ' ')}{items}", "", f"{_pct(v['stop_rate'])}; exact match {_pct(v['exact_match'])}"])
