@@ -262,6 +262,7 @@ def test_exam_page_gives_the_stop_rate_per_language():
     assert "modelfile sampling, zh items</td><td></td><td>50.0%" in html
     assert exam_pages.headline(exam, gguf)["stop_rate_mlx_by_lang"]["en"]["finetuned"]["k"] == 6
     assert exam_pages.headline(exam, gguf)["llama_cpp"]["sampling"] == sampling
+    assert exam_pages.sampling_label({**sampling, "repeat_last_n": 0}).endswith("repeat_penalty 1.1 off (repeat_last_n 0)")
     alone = exam_pages.exam_page({**exam, "stop_rate_by_lang": {"en": exam["stop_rate_by_lang"]["en"]}}, None, [])
     assert "en items" not in alone  # one language: the total says it all
 

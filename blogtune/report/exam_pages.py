@@ -66,9 +66,9 @@ def sampling_label(sampling: dict) -> str:
     """The settings llama.cpp sampled with, as Ollama applies them (the penalty's window opens
     on the prompt's last tokens: Ollama and llama-server pass the prompt through the sampler)."""
     last_n = sampling.get("repeat_last_n", 64)
-    window = "the whole context" if last_n == -1 else f"the last {last_n} tokens, the prompt's included"
+    window = {-1: "over the whole context", 0: "off (repeat_last_n 0)"}.get(last_n, f"over the last {last_n} tokens, the prompt's included")
     return (f"temperature {sampling.get('temperature')}, top_p {sampling.get('top_p')}, top_k {sampling.get('top_k')}, "
-            f"repeat_penalty {sampling.get('repeat_penalty')} over {window}")
+            f"repeat_penalty {sampling.get('repeat_penalty')} {window}")
 
 
 def exam_page(exam: Mapping[str, Any], gguf: Mapping[str, Any] | None, rows: Sequence[Mapping], sample: int = 12) -> str:
