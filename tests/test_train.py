@@ -437,3 +437,43 @@ def test_blas_finds_and_uses_openblas():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["blas"] == "openblas" and report["blas_path"] == str(path)
+
+
+def _blas_report_in_child(**env_overrides) -> dict:
+    """blas_report() of a fresh process that ran setup_mlx_cpu(), without this process's
+    OPENBLAS_CORETYPE (this module's own setup may have set it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "LD_PRELOAD")}
+    env.update(env_overrides)
+    code = (
+        "import json, os; from blogtune import blas; blas.setup_mlx_cpu(); import mlx.core; "
+        "print(json.dumps({**blas.blas_report(), 'coretype': os.environ.get('OPENBLAS_CORETYPE')}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_openblas_kernels_are_upgraded_only_from_pre_avx2_choices():
+    skx = set(blas.AVX512_FLAGS) | {"avx2", "fma", "sse3"}
+    assert blas.kernels_for("Prescott", skx) == "SkylakeX"  # Debian 12's OpenBLAS on Sapphire Rapids
+    assert blas.kernels_for("Sandybridge", {"avx", "avx2", "fma"}) == "Haswell"
+    assert blas.kernels_for("Prescott", {"sse3", "avx"}) is None  # the CPU has nothing better
+    for known in ("Haswell", "Zen", "SkylakeX", "Cooperlake"):  # a right choice is never second-guessed
+        assert blas.kernels_for(known, skx) is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux CPU backend only")
+def test_openblas_runs_the_kernels_this_cpu_supports():
+    path = blas.find_openblas()
+    if path is None:
+        pytest.skip("no OpenBLAS installed (apt-get install libopenblas0-pthread)")
+    flags = blas._cpu_flags()
+    report = _blas_report_in_child()
+    assert report["blas"] == "openblas" and report["blas_core"]
+    if {"avx2", "fma"} <= flags:  # an SSE kernel here runs matmuls 3x slower (Prescott on a Xeon)
+        assert report["blas_core"].lower() in blas.AVX2_CORES, report
+    if report["coretype"]:  # named only when OpenBLAS's own choice was pre-AVX2
+        assert blas.openblas_core(path).lower() not in blas.AVX2_CORES
+    else:
+        assert blas.openblas_core(path) == report["blas_core"]
+    # a core type the user named is kept as is
+    assert _blas_report_in_child(OPENBLAS_CORETYPE="Prescott")["blas_core"] == "Prescott"
