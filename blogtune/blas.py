@@ -218,6 +218,7 @@ def reexec_with_preload(path: Path | None = None) -> None:
     path = path or find_openblas()
     if path is None or str(path) in os.environ.get("LD_PRELOAD", ""):
         return
+    fix_openblas_kernels(path)  # the preloaded library picks its kernels at load, like the CDLL route
     os.environ["LD_PRELOAD"] = ":".join(p for p in (str(path), os.environ.get("LD_PRELOAD", "")) if p)
     log.info("re-executing with LD_PRELOAD=%s", os.environ["LD_PRELOAD"])
     sys.stdout.flush()
