@@ -22,7 +22,6 @@ class EvalSettings:
     # mlx-lm's default_loss window is `offset <= step <= length`: it also scores the padding
     # id 0 that follows each sample. True reproduces mlx-lm's loss numbers; False scores only
     # the sample's own tokens (the window blogtune's training scores).
-    # True adds mlx-lm default_loss's padding target (for comparison); False scores what training does.
     score_pad_target: bool = False
     train_sample_articles: int = _DEFAULT["train_sample_articles"]
     heldout_prompts: int = _DEFAULT["heldout_prompts"]
