@@ -79,6 +79,28 @@ def test_views_ask_for_outline_commands_and_facts_in_several_phrasings():
     assert fact["answer"] == "Then `--jobs 2` rebuilds two tables at once."
 
 
+def test_fact_answers_are_one_sentence_and_table_rows_are_written_out_with_their_headers():
+    post = """# Flags
+
+## Options
+
+Use `--jobs` for speed. Also `--jobs` costs one connection per job.
+
+| Flag | Default | Meaning |
+|------|---------|---------|
+| `--exclude` | none | tables to skip |
+| `=` | | equality |
+"""
+    secs = split_sections("2024/c", "Flags", post)
+    assert secs[-1].table_rows[0] == [("Flag", "`--exclude`"), ("Default", "none"), ("Meaning", "tables to skip")]
+    facts = {v["question"].split("`")[1]: v["answer"] for v in post_views(secs) if v["kind"] == "fact"}
+    assert facts == {"--jobs": "Use `--jobs` for speed.",
+                     "--exclude": "Flag: `--exclude`; Default: none; Meaning: tables to skip."}
+    zh = "# 参数\n\n## 选项\n\n| 参数 | 默认值 |\n|---|---|\n| `--dry-run` | 关 |\n"
+    (fact,) = {v["answer"] for v in post_views(split_sections("2024/d", "参数", zh)) if v["kind"] == "fact"}
+    assert fact == "参数：`--dry-run`；默认值：关。"
+
+
 def test_parse_qa_is_lenient_about_the_format():
     text = "Sure!\nQ1: What does --dry-run do?\nA1: Shows the plan.\n**Q:** Which flag?\n**A:** --jobs\n2 tables\n问：什么？\n答：FSM。"
     assert parse_qa(text) == [("What does --dry-run do?", "Shows the plan."), ("Which flag?", "--jobs\n2 tables"),

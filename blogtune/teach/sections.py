@@ -11,6 +11,7 @@ from markdown_it import MarkdownIt
 from blogtune.data.cleaning import text_language
 
 _MD = MarkdownIt("commonmark")
+_MD_TABLES = MarkdownIt("commonmark").enable("table")  # GFM tables, for their rows with headers
 # Sentence ends: after CJK full stops, or . ! ? followed by whitespace (not "1.4 TB"), or a line end.
 _SENTENCE_END = re.compile(r"(?<=[。！？；])|(?<=[.!?])\s+|\n+")
 
@@ -25,6 +26,7 @@ class Section:
     code_blocks: list[tuple[str, str]] = field(default_factory=list)  # (info, code)
     inline_code: list[str] = field(default_factory=list)  # `spans`, first occurrence order
     prose: str = ""  # text without code blocks and heading line
+    table_rows: list[list[tuple[str, str]]] = field(default_factory=list)  # [(header, cell), ...] per body row
 
     @property
     def key(self) -> str:
@@ -86,7 +88,30 @@ def _section(article_id: str, title: str, heading: str, body: str) -> Section:
                 if child.type == "code_inline" and child.content not in inline:
                     inline.append(child.content)
     prose = "\n".join(prose_parts)
-    return Section(article_id, title, heading, body, lang_code(title + prose), codes, inline, prose)
+    return Section(article_id, title, heading, body, lang_code(title + prose), codes, inline, prose, table_rows(body))
+
+
+def table_rows(body: str) -> list[list[tuple[str, str]]]:
+    """Body rows of the GFM tables in `body`, each cell paired with its column's header."""
+    rows: list[list[tuple[str, str]]] = []
+    header: list[str] = []
+    cells: list[str] = []
+    in_cell = False
+    for tok in _MD_TABLES.parse(body):
+        if tok.type in ("th_open", "td_open", "th_close", "td_close"):
+            in_cell = tok.type.endswith("_open")
+        elif tok.type == "inline" and in_cell:
+            cells.append(tok.content.strip())
+        elif tok.type == "tr_open":
+            cells = []
+        elif tok.type == "tr_close" and tok.tag == "tr" and cells:
+            if not header:
+                header = cells
+            else:
+                rows.append(list(zip(header, cells, strict=False)))  # GFM rows have the header's width
+        elif tok.type == "table_close":
+            header = []
+    return rows
 
 
 def post_sections(chunks: Iterable[dict]) -> list[Section]:

@@ -79,11 +79,29 @@ def section_views(section: Section) -> list[dict]:
         answer = f"```{info}\n{code.rstrip()}\n```"
         rows += _group(section, "command", f"{section.heading}#{k}", {**fields, "what": what}, answer)
     for name in section.inline_code:
-        said = [s for s in sentences(section.prose) if f"`{name}`" in s][:2]
-        if said:
-            joiner = " " if section.lang == "en" else ""
-            rows += _group(section, "fact", f"{section.heading}#{name}", {"name": name}, joiner.join(said))
+        answer = fact_answer(section, name)
+        if answer:
+            rows += _group(section, "fact", f"{section.heading}#{name}", {"name": name}, answer)
     return rows
+
+
+def fact_answer(section: Section, name: str) -> str:
+    """One sentence that names `name`: the first prose sentence, else its table row written out as
+    "header: cell" pairs (a raw "| a | b |" row has no headers and teaches the model to emit table
+    markup). One sentence, because longer answers are the ones the model fails to end (README).
+    A one-character code span (`=`, `<`) names no fact, so it gets no question."""
+    if len(name) < 2:
+        return ""
+    code = f"`{name}`"
+    said = [s for s in sentences(section.prose) if code in s and not s.startswith("|")]
+    if said:
+        return said[0]
+    row = next((r for r in section.table_rows if any(code in cell for _, cell in r)), None)
+    if row is None:
+        return ""
+    colon, sep, end = (": ", "; ", ".") if section.lang == "en" else ("：", "；", "。")
+    text = sep.join(f"{h}{colon}{c}" if h else c for h, c in row if c)
+    return text if text[-1] in ".!?。！？" else text + end
 
 
 def post_views(sections: list[Section]) -> list[dict]:
