@@ -101,6 +101,40 @@ Use `--jobs` for speed. Also `--jobs` costs one connection per job.
     assert fact == "参数：`--dry-run`；默认值：关。"
 
 
+def test_tables_stay_out_of_section_leads_and_code_spans_do_not_decide_the_language():
+    post = """# 发布
+
+## 参数
+
+常用参数汇总：
+
+| 参数 | 默认值 |
+|---|---|
+| `--jobs` | 2 |
+
+升级注意：`--min-bloat` 对索引和表使用同一个阈值。
+
+## Results
+
+| pool | TPS |
+|---|---|
+| 32 | 41k |
+
+## 小结
+
+一句话：新增 `--only-indexes`、`--report json` 和 `--min-bloat 30 --jobs 2 --lock-timeout 2s`。
+"""
+    params, results, summary = split_sections("2024/e", "发布", post)
+    assert "|" not in params.prose and params.table_rows == [[("参数", "`--jobs`"), ("默认值", "2")]]
+    assert params.inline_code == ["--jobs", "--min-bloat"]  # spans in table cells still name facts
+    assert results.prose == "" and results.table_rows  # a table-only section keeps its rows ...
+    views = post_views([params, results, summary])
+    leads = {v["heading"]: v["answer"] for v in views if v["kind"] == "section"}
+    assert leads == {"参数": "常用参数汇总：升级注意：`--min-bloat` 对索引和表使用同一个阈值。",  # ... but has no lead
+                     "小结": "一句话：新增 `--only-indexes`、`--report json` 和 `--min-bloat 30 --jobs 2 --lock-timeout 2s`。"}
+    assert summary.lang == "zh" and {v["lang"] for v in views} == {"zh"}
+
+
 def test_parse_qa_is_lenient_about_the_format():
     text = "Sure!\nQ1: What does --dry-run do?\nA1: Shows the plan.\n**Q:** Which flag?\n**A:** --jobs\n2 tables\n问：什么？\n答：FSM。"
     assert parse_qa(text) == [("What does --dry-run do?", "Shows the plan."), ("Which flag?", "--jobs\n2 tables"),

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 
 from markdown_it import MarkdownIt
 
-from blogtune.data.cleaning import text_language
+from blogtune.data.cleaning import article_language, text_language
 
 _MD = MarkdownIt("commonmark")
-_MD_TABLES = MarkdownIt("commonmark").enable("table")  # GFM tables, for their rows with headers
+# Sections' bodies: with GFM tables, so a table is rows of cells, not a paragraph of "| a | b |".
+_MD_TABLES = MarkdownIt("commonmark").enable("table")
 # Sentence ends: after CJK full stops, or . ! ? followed by whitespace (not "1.4 TB"), or a line end.
 _SENTENCE_END = re.compile(r"(?<=[。！？；])|(?<=[.!?])\s+|\n+")
 
@@ -25,7 +26,7 @@ class Section:
     lang: str  # "zh" | "en"
     code_blocks: list[tuple[str, str]] = field(default_factory=list)  # (info, code)
     inline_code: list[str] = field(default_factory=list)  # `spans`, first occurrence order
-    prose: str = ""  # text without code blocks and heading line
+    prose: str = ""  # text without code blocks, tables and heading line
     table_rows: list[list[tuple[str, str]]] = field(default_factory=list)  # [(header, cell), ...] per body row
 
     @property
@@ -43,6 +44,12 @@ def post_text(chunks: Iterable[dict]) -> tuple[str, str, str]:
 
 def lang_code(text: str) -> str:
     return "zh" if text_language(text) == "zh" else "en"
+
+
+def section_lang(title: str, body: str) -> str:
+    """A section's language from the title and its prose: code says nothing about it (a Chinese
+    summary naming `--only-indexes`, `--report json` and `--min-bloat 30` is still Chinese)."""
+    return "zh" if article_language(title, body) == "zh" else "en"
 
 
 def sentences(text: str) -> list[str]:
@@ -68,50 +75,45 @@ def split_sections(article_id: str, title: str, text: str) -> list[Section]:
         names = [h for _, h in path if h != title]
         body = "\n".join(lines[start:end]).strip("\n")
         section = _section(article_id, title, " > ".join(names) or title, body)
-        if section.prose.strip() or section.code_blocks:
+        if section.prose.strip() or section.code_blocks or section.table_rows:
             out.append(section)
     return out
 
 
 def _section(article_id: str, title: str, heading: str, body: str) -> Section:
+    """One parse of the body: code blocks, `code spans` (tables' included), the prose outside
+    tables (what a section view quotes) and the table rows with their headers (fact answers)."""
     codes: list[tuple[str, str]] = []
     inline: list[str] = []
     prose_parts: list[str] = []
-    for tok in _MD.parse(body):
+    rows: list[list[tuple[str, str]]] = []
+    header: list[str] = []
+    cells: list[str] | None = None  # the cells of the table row being read; None: not in a table row
+    for tok in _MD_TABLES.parse(body):
         if tok.type in ("fence", "code_block"):
             codes.append((tok.info.strip(), tok.content))
+        elif tok.type == "tr_open":
+            cells = []
+        elif tok.type == "tr_close" and cells is not None:
+            if not header:
+                header = cells
+            elif cells:
+                rows.append(list(zip(header, cells, strict=False)))  # GFM rows have the header's width
+            cells = None
+        elif tok.type == "table_close":
+            header = []
         elif tok.type == "inline":
-            if tok.map and tok.map[0] == 0 and body.lstrip().startswith("#"):
+            if cells is not None:
+                cells.append(tok.content.strip())
+            elif tok.map and tok.map[0] == 0 and body.lstrip().startswith("#"):
                 continue  # the heading line itself
-            prose_parts.append(tok.content)
+            else:
+                prose_parts.append(tok.content)
             for child in tok.children or []:
                 if child.type == "code_inline" and child.content not in inline:
                     inline.append(child.content)
     prose = "\n".join(prose_parts)
-    return Section(article_id, title, heading, body, lang_code(title + prose), codes, inline, prose, table_rows(body))
-
-
-def table_rows(body: str) -> list[list[tuple[str, str]]]:
-    """Body rows of the GFM tables in `body`, each cell paired with its column's header."""
-    rows: list[list[tuple[str, str]]] = []
-    header: list[str] = []
-    cells: list[str] = []
-    in_cell = False
-    for tok in _MD_TABLES.parse(body):
-        if tok.type in ("th_open", "td_open", "th_close", "td_close"):
-            in_cell = tok.type.endswith("_open")
-        elif tok.type == "inline" and in_cell:
-            cells.append(tok.content.strip())
-        elif tok.type == "tr_open":
-            cells = []
-        elif tok.type == "tr_close" and tok.tag == "tr" and cells:
-            if not header:
-                header = cells
-            else:
-                rows.append(list(zip(header, cells, strict=False)))  # GFM rows have the header's width
-        elif tok.type == "table_close":
-            header = []
-    return rows
+    return Section(article_id, title, heading, body, section_lang(title, body), codes, inline, prose, rows)
 
 
 def post_sections(chunks: Iterable[dict]) -> list[Section]:

@@ -93,7 +93,7 @@ def fact_answer(section: Section, name: str) -> str:
     if len(name) < 2:
         return ""
     code = f"`{name}`"
-    said = [s for s in sentences(section.prose) if code in s and not s.startswith("|")]
+    said = [s for s in sentences(section.prose) if code in s]
     if said:
         return said[0]
     row = next((r for r in section.table_rows if any(code in cell for _, cell in r)), None)
