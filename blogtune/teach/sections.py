@@ -10,9 +10,8 @@ from markdown_it import MarkdownIt
 
 from blogtune.data.cleaning import article_language, text_language
 
-_MD = MarkdownIt("commonmark")
-# Sections' bodies: with GFM tables, so a table is rows of cells, not a paragraph of "| a | b |".
-_MD_TABLES = MarkdownIt("commonmark").enable("table")
+# With GFM tables, so a table is rows of cells, not a paragraph of "| a | b |" (headings parse alike).
+_MD = MarkdownIt("commonmark").enable("table")
 # Sentence ends: after CJK full stops, or . ! ? followed by whitespace (not "1.4 TB"), or a line end.
 _SENTENCE_END = re.compile(r"(?<=[。！？；])|(?<=[.!?])\s+|\n+")
 
@@ -89,7 +88,7 @@ def _section(article_id: str, title: str, heading: str, body: str) -> Section:
     rows: list[list[tuple[str, str]]] = []
     header: list[str] = []
     cells: list[str] | None = None  # the cells of the table row being read; None: not in a table row
-    for tok in _MD_TABLES.parse(body):
+    for tok in _MD.parse(body):
         if tok.type in ("fence", "code_block"):
             codes.append((tok.info.strip(), tok.content))
         elif tok.type == "tr_open":
