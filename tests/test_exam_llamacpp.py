@@ -10,6 +10,7 @@ import pytest
 
 from blogtune.exam import llamacpp
 from blogtune.export.gguf import export_gguf
+from blogtune.model.convert import rope_overrides
 
 PROMPTS = [
     "<|im_start|>user\nWhat is pg_tidy and what does it do?<|im_end|>\n<|im_start|>assistant\n",
@@ -33,6 +34,9 @@ def test_greedy_tokens_agree_with_mlx(tiny, outtype, tmp_path):
     assert float(llm.metadata["llama.rope.freq_base"]) == SETTINGS["rope_theta"]
     ag = llamacpp.greedy_agreement(llm, tiny, PROMPTS, 16)
     assert ag["identical"] == len(PROMPTS), ag["per_prompt"]
+    # Along llama.cpp's own tokens, MLX rates each as its top one, give or take rounding.
+    assert ag["consistent"] == len(PROMPTS) and ag["max_gap_nats"] <= llamacpp.TIE_NATS, ag["per_prompt"]
+    assert all(len(p["llama_cpp"]) == 16 for p in ag["per_prompt"])
 
 
 def test_a_wrong_rope_base_is_caught(tiny, tmp_path):
@@ -44,7 +48,31 @@ def test_a_wrong_rope_base_is_caught(tiny, tmp_path):
     llm = llamacpp.load(gguf, n_ctx=256)
     model, _ = load(str(tiny), model_config={"rope_theta": 10000.0})
     ids = llamacpp.prompt_ids(llm, PROMPTS[0])
-    assert llamacpp.greedy_tokens(llm, ids, 16) != llamacpp.mlx_greedy_tokens(model, ids, 16)
+    theirs = llamacpp.greedy_tokens(llm, ids, 16)
+    assert theirs != llamacpp.mlx_greedy_tokens(model, ids, 16)
+    # The gap check tells this apart from a rounding tie: the wrong model rates llama.cpp's
+    # picks far below its own, the right one rates them as its own.
+    assert max(llamacpp.mlx_gaps(model, ids, theirs)) > 10 * llamacpp.TIE_NATS
+    right, _ = load(str(tiny), model_config=rope_overrides(tiny))
+    assert max(llamacpp.mlx_gaps(right, ids, theirs)) <= llamacpp.TIE_NATS
+
+
+def test_gaps_are_zero_on_mlx_greedy_path_and_positive_off_it(tiny):
+    """mlx_gaps computed independently: 0 along MLX's own greedy tokens; for a swapped token,
+    the difference of the two log-probabilities a plain forward pass gives."""
+    import mlx.core as mx
+    from mlx_lm import load
+
+    model, tok = load(str(tiny), model_config=rope_overrides(tiny))
+    ids = tok.encode(PROMPTS[1])
+    greedy = llamacpp.mlx_greedy_tokens(model, ids, 6)
+    assert llamacpp.mlx_gaps(model, ids, greedy) == [0.0] * 6
+    logits = model(mx.array([ids + greedy[:2]]))[0, -1].astype(mx.float32)
+    logp = logits - mx.logsumexp(logits)
+    runner_up = int(mx.argsort(-logp)[1].item())
+    gaps = llamacpp.mlx_gaps(model, ids, [*greedy[:2], runner_up])
+    assert gaps[:2] == [0.0, 0.0]
+    assert gaps[2] == pytest.approx(float(logp.max() - logp[runner_up]), abs=1e-4) and gaps[2] > 0
 
 
 @pytest.fixture(scope="module")

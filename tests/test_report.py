@@ -265,6 +265,11 @@ def test_exam_page_gives_the_stop_rate_per_language():
     assert exam_pages.sampling_label({**sampling, "repeat_last_n": 0}).endswith("repeat_penalty 1.1 off (repeat_last_n 0)")
     alone = exam_pages.exam_page({**exam, "stop_rate_by_lang": {"en": exam["stop_rate_by_lang"]["en"]}}, None, [])
     assert "en items" not in alone  # one language: the total says it all
+    assert "3/3 prompts identical</td>" in html  # metrics from before the gap check: as they were
+    ag = {"prompts": 3, "tokens": 16, "identical": 2, "consistent": 3, "max_gap_nats": 0.0019, "tie_nats": 0.05}
+    html = exam_pages.exam_page(exam, {**gguf, "greedy_agreement_with_mlx": ag}, [])
+    assert "2/3 prompts identical; 3/3 within 0.05 nats of MLX&#x27;s top token at every step (largest gap 0.0019 nats)" in html
+    assert exam_pages.headline(exam, {**gguf, "greedy_agreement_with_mlx": {**ag, "per_prompt": []}})["llama_cpp"]["greedy_agreement_with_mlx"] == ag
 
 
 def test_formatting_helpers():

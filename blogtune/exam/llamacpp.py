@@ -216,8 +216,31 @@ def mlx_greedy_tokens(model, tokens: Sequence[int], n: int) -> list[int]:
     return out
 
 
+# Largest gap, in nats, between MLX's top token and llama.cpp's greedy pick that still counts as
+# a tie broken by rounding. Measured on the embedded model's f16 GGUF against the float32 fused
+# model: the 20 likeliest tokens' log-probabilities differ by up to 0.017 nats (median 0.003),
+# so two of them can swap places when they lie up to ~0.035 apart. A wrong rope base costs whole
+# nats. bf16 and quantized GGUFs round more coarsely: their gaps include that, reported as is.
+TIE_NATS = 0.05
+
+
+def mlx_gaps(model, tokens: Sequence[int], continuation: Sequence[int]) -> list[float]:
+    """For each token of `continuation` after `tokens`: how many nats below MLX's own top token MLX
+    rates it (0: MLX's greedy pick too). One teacher-forced pass along the other engine's path."""
+    import mlx.core as mx
+
+    seq = list(tokens) + list(continuation)
+    logits = model(mx.array([seq]))[0, len(tokens) - 1 : len(seq) - 1].astype(mx.float32)
+    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    picked = mx.take_along_axis(logp, mx.array(list(continuation))[:, None], axis=-1)[:, 0]
+    return [round(float(x), 5) for x in np.array(logp.max(axis=-1) - picked)]
+
+
 def greedy_agreement(llm, fused_dir: Path, prompts: Sequence[str], n_tokens: int) -> dict:
-    """Same prompt ids into both engines; count prompts whose first n greedy tokens are identical."""
+    """Same prompt ids into both engines: prompts whose first n greedy tokens are identical, and,
+    along llama.cpp's tokens, the largest gap below MLX's top token. Two correct engines part
+    only at near ties (gap under TIE_NATS) and then write different but equally likely text;
+    a wrong GGUF key shows as a gap of whole nats, so `consistent` counts prompts under it."""
     from mlx_lm import load as mlx_load
 
     from blogtune.model.convert import rope_overrides
@@ -228,5 +251,14 @@ def greedy_agreement(llm, fused_dir: Path, prompts: Sequence[str], n_tokens: int
         ids = prompt_ids(llm, text)
         a, b = greedy_tokens(llm, ids, n_tokens), mlx_greedy_tokens(model, ids, n_tokens)
         same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-        per_prompt.append({"llama_cpp": a, "mlx": b, "agree_prefix": same})
-    return {"prompts": len(per_prompt), "tokens": n_tokens, "identical": sum(p["agree_prefix"] == n_tokens for p in per_prompt), "per_prompt": per_prompt}
+        gap = max(mlx_gaps(model, ids, a), default=0.0)
+        per_prompt.append({"llama_cpp": a, "mlx": b, "agree_prefix": same, "max_gap_nats": gap})
+    return {
+        "prompts": len(per_prompt),
+        "tokens": n_tokens,
+        "identical": sum(p["agree_prefix"] == n_tokens for p in per_prompt),
+        "consistent": sum(p["max_gap_nats"] <= TIE_NATS for p in per_prompt),
+        "max_gap_nats": max((p["max_gap_nats"] for p in per_prompt), default=0.0),
+        "tie_nats": TIE_NATS,
+        "per_prompt": per_prompt,
+    }

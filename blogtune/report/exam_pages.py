@@ -57,9 +57,18 @@ def headline(exam: Mapping[str, Any], gguf: Mapping[str, Any] | None) -> dict[st
                 "exact_match": {m: v["exact_match"] for m, v in gguf["all"].items()},
                 "stop_rate_by_lang": gguf.get("stop_rate_by_lang"),
                 "sampling": gguf.get("sampling"),
-                "greedy_agreement_with_mlx": {k: gguf["greedy_agreement_with_mlx"][k] for k in ("prompts", "tokens", "identical")},
+                "greedy_agreement_with_mlx": {k: gguf["greedy_agreement_with_mlx"][k] for k in ("prompts", "tokens", "identical", "consistent", "max_gap_nats", "tie_nats") if k in gguf["greedy_agreement_with_mlx"]},
             }
     return out
+
+
+def agreement_label(ag: Mapping[str, Any]) -> str:
+    """"2/3 prompts identical; 3/3 within 0.05 nats of MLX's top token (largest gap 0.002)":
+    where the engines part, was it a near tie (rounding) or a real difference (a bug)?"""
+    text = f"{ag['identical']}/{ag['prompts']} prompts identical"
+    if "consistent" not in ag:  # metrics written before the gap was measured
+        return text
+    return f"{text}; {ag['consistent']}/{ag['prompts']} within {ag['tie_nats']:g} nats of MLX's top token at every step (largest gap {ag['max_gap_nats']:.3g} nats)"
 
 
 def sampling_label(sampling: dict) -> str:
@@ -105,7 +114,7 @@ def exam_page(exam: Mapping[str, Any], gguf: Mapping[str, Any] | None, rows: Seq
         if vs:
             stop.append([f"greedy, the same {vs['items']} items: llama.cpp = MLX", "", f"same ending {vs['same_finish']}/{vs['items']}, same text {vs['identical_text']}/{vs['items']} (MLX stop rate on them {_pct(vs['mlx_stop_rate'])})"])
         ag = gguf["greedy_agreement_with_mlx"]
-        stop.append([f"greedy tokens llama.cpp = MLX (fused), first {ag['tokens']}", "", f"{ag['identical']}/{ag['prompts']} prompts"])
+        stop.append([f"greedy tokens llama.cpp = MLX (fused), first {ag['tokens']}", "", agreement_label(ag)])
     elif gguf:
         stop.append(["llama.cpp GGUF", "", gguf.get("status")])
     body.append("<h2>Stop rate: answers that end at the end-of-turn token within their budget (max(exam.max_tokens, exam.answer_room × the reference answer's tokens))</h2>")
