@@ -29,19 +29,15 @@ def run(gguf, modelfile, fused, rows_in, metrics_out, rows_out, system, paramete
     if metrics["status"] != "ok":
         log.warning("%s", metrics["status"])
     else:
-        s = metrics["all"]
+        s, ag = metrics["all"], metrics["greedy_agreement_with_mlx"]
         log.info(
             "llama.cpp: stop rate %.0f%% (Modelfile sampling, %d items) / %.0f%% (greedy, %d items); greedy tokens = MLX %d/%d prompts, largest gap below MLX's top token %.3g nats (ties under %g)",
             100 * (s["modelfile_sampling"]["stop_rate"]["rate"] or 0),
             s["modelfile_sampling"]["answers"],
             100 * (s["greedy"]["stop_rate"]["rate"] or 0),
             s["greedy"]["answers"],
-            metrics["greedy_agreement_with_mlx"]["identical"],
-            metrics["greedy_agreement_with_mlx"]["prompts"],
-            metrics["greedy_agreement_with_mlx"]["max_gap_nats"],
-            metrics["greedy_agreement_with_mlx"]["tie_nats"],
+            ag["identical"], ag["prompts"], ag["max_gap_nats"], ag["tie_nats"],
         )
-        ag = metrics["greedy_agreement_with_mlx"]
         if ag["consistent"] < ag["prompts"]:
             log.warning(
                 "llama.cpp and MLX part by more than a rounding tie (%.3g nats on %d of %d prompts): the GGUF "
