@@ -231,9 +231,9 @@ def mlx_gaps(model, tokens: Sequence[int], continuation: Sequence[int]) -> list[
 
     seq = list(tokens) + list(continuation)
     logits = model(mx.array([seq]))[0, len(tokens) - 1 : len(seq) - 1].astype(mx.float32)
-    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-    picked = mx.take_along_axis(logp, mx.array(list(continuation))[:, None], axis=-1)[:, 0]
-    return [round(float(x), 5) for x in np.array(logp.max(axis=-1) - picked)]
+    # A difference of log-probabilities at one position is the difference of its logits.
+    picked = mx.take_along_axis(logits, mx.array(list(continuation))[:, None], axis=-1)[:, 0]
+    return [round(float(x), 5) for x in np.array(logits.max(axis=-1) - picked)]
 
 
 def greedy_agreement(llm, fused_dir: Path, prompts: Sequence[str], n_tokens: int) -> dict:
