@@ -130,9 +130,66 @@ def test_tables_stay_out_of_section_leads_and_code_spans_do_not_decide_the_langu
     assert results.prose == "" and results.table_rows  # a table-only section keeps its rows ...
     views = post_views([params, results, summary])
     leads = {v["heading"]: v["answer"] for v in views if v["kind"] == "section"}
-    assert leads == {"参数": "常用参数汇总：升级注意：`--min-bloat` 对索引和表使用同一个阈值。",  # ... but has no lead
+    assert leads == {"参数": "升级注意：`--min-bloat` 对索引和表使用同一个阈值。",  # ... but has no lead
                      "小结": "一句话：新增 `--only-indexes`、`--report json` 和 `--min-bloat 30 --jobs 2 --lock-timeout 2s`。"}
     assert summary.lang == "zh" and {v["lang"] for v in views} == {"zh"}
+
+
+def test_leads_leave_out_sentences_that_announce_a_code_block_or_table():
+    post = """# Tuning
+
+## Checkpoints
+
+Check the share of full page images first:
+
+```sql
+SELECT * FROM pg_stat_wal;
+```
+
+Three settings matter:
+
+- `checkpoint_timeout` at 15 min.
+- `wal_compression` on.
+
+Results, shortened: WAL volume fell by 60%.
+
+| before | after |
+|---|---|
+| 10 GB | 4 GB |
+"""
+    (sec,) = split_sections("2024/f", "Tuning", post)
+    # Only a colon-ended sentence right above a code block or table announces something the lead
+    # leaves out; a list's introduction is followed by its items, and a mid-sentence colon is prose.
+    assert sec.intros == ["Check the share of full page images first:"]
+    (lead,) = {v["answer"] for v in post_views([sec]) if v["kind"] == "section"}
+    assert lead.startswith("Three settings matter: `checkpoint_timeout` at 15 min.")
+    assert "first:" not in lead and lead.endswith("WAL volume fell by 60%.")
+
+
+def test_no_view_answer_ends_on_a_colon():
+    filler = "Autovacuum keeps up on most tables. " * 7
+    post = f"""# Archiving
+
+## Setup
+
+{filler}Enable archiving (`archive_mode` needs a restart):
+
+```ini
+archive_mode = on
+```
+
+Three rules I apply:
+
+- `wal_level` is `replica` or higher.
+- Test the restore.
+"""
+    views = post_views(split_sections("2024/g", "Archiving", post))
+    assert views and not [v for v in views if v["answer"].rstrip().endswith((":", "："))]
+    (lead,) = {v["answer"] for v in views if v["kind"] == "section"}
+    assert lead == filler.strip()  # the list's introduction did not fit with its items, so it goes too
+    facts = {v["question"].split("`")[1]: v["answer"] for v in views if v["kind"] == "fact"}
+    # A span named only in an introduction gets no fact question; one named in a statement does.
+    assert facts == {"wal_level": "`wal_level` is `replica` or higher.", "replica": "`wal_level` is `replica` or higher."}
 
 
 def test_parse_qa_is_lenient_about_the_format():

@@ -27,6 +27,7 @@ class Section:
     inline_code: list[str] = field(default_factory=list)  # `spans`, first occurrence order
     prose: str = ""  # text without code blocks, tables and heading line
     table_rows: list[list[tuple[str, str]]] = field(default_factory=list)  # [(header, cell), ...] per body row
+    intros: list[str] = field(default_factory=list)  # prose sentences that announce a code block or table
 
     @property
     def key(self) -> str:
@@ -53,6 +54,10 @@ def section_lang(title: str, body: str) -> str:
 
 def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if len(s.strip()) > 1]
+
+
+def ends_with_colon(sentence: str) -> bool:
+    return sentence.rstrip().endswith((":", "："))
 
 
 def split_sections(article_id: str, title: str, text: str) -> list[Section]:
@@ -88,7 +93,14 @@ def _section(article_id: str, title: str, heading: str, body: str) -> Section:
     rows: list[list[tuple[str, str]]] = []
     header: list[str] = []
     cells: list[str] | None = None  # the cells of the table row being read; None: not in a table row
-    for tok in _MD.parse(body):
+    intros: list[str] = []
+    tokens = _MD.parse(body)
+    for i, tok in enumerate(tokens):
+        if tok.type in ("fence", "code_block", "table_open") and i >= 2 and tokens[i - 1].type == "paragraph_close":
+            # "Run it like this:" right above the block: quoted without the block, it promises what never comes.
+            last = (sentences(tokens[i - 2].content) or [""])[-1]
+            if ends_with_colon(last):
+                intros.append(last)
         if tok.type in ("fence", "code_block"):
             codes.append((tok.info.strip(), tok.content))
         elif tok.type == "tr_open":
@@ -112,7 +124,7 @@ def _section(article_id: str, title: str, heading: str, body: str) -> Section:
                 if child.type == "code_inline" and child.content not in inline:
                     inline.append(child.content)
     prose = "\n".join(prose_parts)
-    return Section(article_id, title, heading, body, section_lang(title, body), codes, inline, prose, rows)
+    return Section(article_id, title, heading, body, section_lang(title, body), codes, inline, prose, rows, intros)
 
 
 def post_sections(chunks: Iterable[dict]) -> list[Section]:

@@ -7,7 +7,7 @@ never trained in another phrasing.
 
 from __future__ import annotations
 
-from blogtune.teach.sections import Section, sentences
+from blogtune.teach.sections import Section, ends_with_colon, sentences
 
 MAX_LEAD_CHARS = 300
 
@@ -58,13 +58,21 @@ def outline(sections: list[Section]) -> list[dict]:
 
 
 def lead(section: Section) -> str:
-    """The first sentences of a section's prose, up to MAX_LEAD_CHARS (an extractive summary)."""
-    out = ""
+    """The first sentences of a section's prose, up to MAX_LEAD_CHARS (an extractive summary).
+    No sentence that announces what the lead leaves out: a code block or table ("Run it like
+    this:"), or, at its end, a list that did not fit. Quoted without what follows, it promises
+    what never comes, and a lead ending on a promise teaches the model to stop on one."""
+    sep = " " if section.lang == "en" else ""
+    kept: list[str] = []
     for s in sentences(section.prose):
-        if out and len(out) + len(s) > MAX_LEAD_CHARS:
+        if s in section.intros:
+            continue
+        if kept and len(sep.join(kept)) + len(s) > MAX_LEAD_CHARS:
             break
-        out = f"{out} {s}".strip() if section.lang == "en" else out + s
-    return out[:MAX_LEAD_CHARS]
+        kept.append(s)
+    while kept and ends_with_colon(kept[-1]):
+        kept.pop()
+    return sep.join(kept)[:MAX_LEAD_CHARS]
 
 
 def section_views(section: Section) -> list[dict]:
@@ -86,19 +94,20 @@ def section_views(section: Section) -> list[dict]:
 
 
 def fact_answer(section: Section, name: str) -> str:
-    """One sentence that names `name`: the first prose sentence, else its table row written out as
-    "header: cell" pairs (a raw "| a | b |" row has no headers and teaches the model to emit table
-    markup). One sentence, because longer answers are the ones the model fails to end (README).
-    A one-character code span (`=`, `<`) names no fact, so it gets no question."""
+    """One sentence that names `name`: the first prose sentence that is not an introduction (one
+    ending in a colon), else its table row written out as "header: cell" pairs (a raw "| a | b |"
+    row has no headers and teaches the model to emit table markup). One sentence, because longer
+    answers are the ones the model fails to end (README). A one-character code span (`=`, `<`)
+    names no fact, so it gets no question."""
     if len(name) < 2:
         return ""
     code = f"`{name}`"
-    said = [s for s in sentences(section.prose) if code in s]
+    said = [s for s in sentences(section.prose) if code in s and not ends_with_colon(s)]
     if said:
         return said[0]
     row = next((r for r in section.table_rows if any(code in cell for _, cell in r)), None)
     if row is None:
-        return ""
+        return ""  # named only where something is introduced ("compared with `json`:"): no fact
     colon, sep, end = (": ", "; ", ".") if section.lang == "en" else ("：", "；", "。")
     text = sep.join(f"{h}{colon}{c}" if h else c for h, c in row if c)
     return text if text[-1] in ".!?。！？" else text + end
