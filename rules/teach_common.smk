@@ -1,6 +1,8 @@
 # Helpers of the teach stage (rules/teach.smk): settings passed as params, shards, resources.
 import math
 
+from blogtune.teach.views import VIEWS_VERSION
+
 TEACH = config["teach"]
 # Shards by the number of posts selected (known when the workflow is parsed); which shard a post
 # goes to is a stable hash of its id, so old posts stay in their shard while the count holds.
@@ -22,7 +24,7 @@ def teach_settings():
             "heldout",
             "filter",
         )
-    }
+    } | {"views_version": VIEWS_VERSION}
 
 
 def teacher_settings():

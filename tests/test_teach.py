@@ -4,6 +4,7 @@ servers that misbehave."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -16,7 +17,7 @@ from blogtune.teach.prompts import parse_qa
 from blogtune.teach.sections import split_sections
 from blogtune.teach.stage import TeachSettings, hold_out, merge, teach_posts, teach_shard, write_outputs
 from blogtune.teach.teachers import LocalTeacher, OpenAITeacher, TeachError
-from blogtune.teach.views import post_views
+from blogtune.teach.views import VIEWS_VERSION, post_views
 from blogtune.testing_servers import FlakyServer
 
 POST = """# pg_tidy in practice
@@ -166,13 +167,12 @@ Results, shortened: WAL volume fell by 60%.
     assert "first:" not in lead and lead.endswith("WAL volume fell by 60%.")
 
 
-def test_no_view_answer_ends_on_a_colon():
-    filler = "Autovacuum keeps up on most tables. " * 7
-    post = f"""# Archiving
+FILLER = "Autovacuum keeps up on most tables. " * 7
+COLON_POST = f"""# Archiving
 
 ## Setup
 
-{filler}Enable archiving (`archive_mode` needs a restart):
+{FILLER}Enable archiving (`archive_mode` needs a restart):
 
 ```ini
 archive_mode = on
@@ -182,14 +182,35 @@ Three rules I apply:
 
 - `wal_level` is `replica` or higher.
 - Test the restore.
+
+| setting | value |
+|---|---|
+| `archive_timeout` | 60s |
 """
-    views = post_views(split_sections("2024/g", "Archiving", post))
+
+
+def test_no_view_answer_ends_on_a_colon():
+    views = post_views(split_sections("2024/g", "Archiving", COLON_POST))
     assert views and not [v for v in views if v["answer"].rstrip().endswith((":", "："))]
     (lead,) = {v["answer"] for v in views if v["kind"] == "section"}
-    assert lead == filler.strip()  # the list's introduction did not fit with its items, so it goes too
+    assert lead == FILLER.strip()  # the list's introduction did not fit with its items, so it goes too
     facts = {v["question"].split("`")[1]: v["answer"] for v in views if v["kind"] == "fact"}
     # A span named only in an introduction gets no fact question; one named in a statement does.
-    assert facts == {"wal_level": "`wal_level` is `replica` or higher.", "replica": "`wal_level` is `replica` or higher."}
+    assert facts == {"wal_level": "`wal_level` is `replica` or higher.", "replica": "`wal_level` is `replica` or higher.",
+                     "archive_timeout": "setting: `archive_timeout`; value: 60s."}
+
+
+# What the views of this file's posts are under each VIEWS_VERSION. A failure here means a view's
+# question or answer changed: bump blogtune.teach.views.VIEWS_VERSION (so that existing runs redo
+# the teach stage, whose outputs Snakemake would otherwise keep) and pin the new fingerprint.
+VIEWS_FINGERPRINT = {"views-v2": "ec92c4377e5e085b"}
+
+
+def test_a_change_in_the_views_bumps_their_version():
+    posts = [("2024/a", "pg_tidy in practice", POST), ("2024/b", "膨胀治理", ZH_POST), ("2024/g", "Archiving", COLON_POST)]
+    views = [post_views(split_sections(*p)) for p in posts]
+    digest = hashlib.sha256(json.dumps(views, ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:16]
+    assert VIEWS_FINGERPRINT.get(VIEWS_VERSION) == digest, f"views changed: bump VIEWS_VERSION, pin {digest}"
 
 
 def test_parse_qa_is_lenient_about_the_format():
