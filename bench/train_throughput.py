@@ -79,6 +79,7 @@ def worker_mlx(cfg: dict) -> dict:
         batch_size=cfg["batch_size"],
         max_seq_length=cfg["max_seq_length"],
         mask_prompt=cfg["mask_prompt"],
+        eos_weight=1.0,  # the plain mean cross-entropy the PyTorch peer trains on
         seed=cfg["seed"],
         steps_per_report=10**6,
         steps_per_eval=10**6,

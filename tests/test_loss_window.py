@@ -69,3 +69,49 @@ def test_training_starts_use_the_shared_window(tmp_path, smollm2_tokenizer_obj):
     for toks, (tokens, offset), start in zip(enc.tokens, ev.encode_samples(rows, smollm2_tokenizer_obj, True), enc.starts, strict=True):
         assert start == target_window(len(toks), offset)[0]
         assert toks == list(tokens)
+
+
+def _weighted_mean_loss(model, tokenizer, rows: list[dict], eos_weight: float) -> float:
+    """The training loss of one batch holding `rows`, computed apart from blogtune's batching:
+    each answer token's cross-entropy, the end-of-turn token's weighing `eos_weight`."""
+    import mlx.core as mx
+
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    total = weight = 0.0
+    for tokens, offset in ev.encode_samples(rows, tokenizer, True):
+        tokens = list(tokens)
+        first, stop = target_window(len(tokens), offset)
+        logits = model(mx.array([tokens[:-1]]))[0].astype(mx.float32)
+        logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        for j in range(first, stop):
+            w = eos_weight if tokens[j] == im_end else 1.0
+            total -= w * logp[j - 1, tokens[j]].item()
+            weight += w
+    return total / weight
+
+
+def test_eos_weight_weighs_the_end_of_turn_token_in_training_only(tiny_llama, tmp_path):
+    from mlx_lm import convert, load
+
+    mlx_dir = tmp_path / "mlx"
+    convert(str(tiny_llama), str(mlx_dir), dtype="float32")
+    data = tmp_path / "data"
+    data.mkdir()
+    train_rows, valid = _samples(5, 3), _samples(3, 4)
+    for name, rows in (("train", train_rows), ("valid", valid)):
+        (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    # One step over one batch of all five samples: its loss is the untrained model's.
+    settings = TrainSettings(iters=1, batch_size=5, eos_weight=8.0, steps_per_eval=1, steps_per_report=1, prefix_cache=False)
+    result = train(mlx_dir, data, tmp_path / "adapters", settings)
+
+    model, tokenizer = load(str(mlx_dir))
+    weighted = _weighted_mean_loss(model, tokenizer._tokenizer, train_rows, 8.0)
+    plain = _weighted_mean_loss(model, tokenizer._tokenizer, train_rows, 1.0)
+    assert result.final_train_loss == pytest.approx(weighted, rel=1e-4)
+    assert abs(weighted - plain) > 1e-3, "the end-of-turn token's weight must show in the loss"
+    # Tokens trained on are counted as tokens, not as weight.
+    enc = ev.encode_samples(train_rows, tokenizer._tokenizer, True)
+    assert result.trained_tokens == sum(len(t) - target_window(len(t), o)[0] for t, o in enc)
+    # The valid loss stays the plain mean that evaluation computes.
+    es = ev.EvalSettings(mask_prompt=True, max_seq_length=512, batch_size=3)
+    assert ev.summarize(ev.sample_losses(model, tokenizer, valid, "valid", es)).loss == pytest.approx(result.base_valid_loss, rel=1e-5)

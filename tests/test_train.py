@@ -477,3 +477,15 @@ def test_openblas_runs_the_kernels_this_cpu_supports():
         assert blas.openblas_core(path) == report["blas_core"]
     # a core type the user named is kept as is
     assert _blas_report_in_child(OPENBLAS_CORETYPE="Prescott")["blas_core"] == "Prescott"
+
+
+def test_collate_weighs_only_the_end_of_turn_targets(smollm2_tokenizer_obj, tmp_path):
+    data = write_data(tmp_path, n_train=3, n_valid=0)
+    enc = encode_split(data / "train.jsonl", smollm2_tokenizer_obj, mask_prompt=True, max_seq_length=512)
+    im_end = smollm2_tokenizer_obj.convert_tokens_to_ids("<|im_end|>")
+    plain = collate(enc, [0, 1, 2], n_parts=1)[0]
+    ((_, _, targets, weights, _),) = collate(enc, [0, 1, 2], n_parts=1, eos_ids=[im_end], eos_weight=6.0)
+    assert (weights == 6.0).sum() == 3, "one end-of-turn target per chat sample"
+    assert (targets[weights == 6.0] == im_end).all()
+    assert np.array_equal(weights > 0, plain[3] > 0), "padding stays unscored"
+    assert set(np.unique(weights)) == {0.0, 1.0, 6.0}

@@ -80,7 +80,10 @@ def test_two_processes_follow_the_one_process_loss_curve(runs):
 
 
 def test_two_processes_give_the_one_process_adapters(runs):
-    assert_same_adapters(runs[1] / "adapters", runs[2] / "adapters", atol=1e-5)
+    # Adam divides by each gradient's running size, so rounding in small gradients shows: the
+    # weighted end-of-turn token (train.eos_weight 5) left up to 2.0e-5 here, 2.3e-6 at weight 1,
+    # on adapters up to 0.15 (ranks weighing their tokens differently would move the loss curve).
+    assert_same_adapters(runs[1] / "adapters", runs[2] / "adapters", atol=5e-5)
 
 
 def test_interrupted_two_process_run_resumes(runs, mlx_tiny, data_dir, tmp_path):  # noqa: F811

@@ -110,12 +110,15 @@ def _round_up(n: int, k: int) -> int:
     return max(k, ((n + k - 1) // k) * k)
 
 
-def collate(data: Encoded, idx: Sequence[int], n_parts: int) -> list[tuple[np.ndarray, ...]]:
+def collate(
+    data: Encoded, idx: Sequence[int], n_parts: int, eos_ids: Sequence[int] = (), eos_weight: float = 1.0
+) -> list[tuple[np.ndarray, ...]]:
     """Split a batch into up to `n_parts` micro-batches (inputs, rows, targets, weights, sample ids),
     each padded on its own.
 
     rows: flat positions (b * T) of scored targets, padded to a multiple of ROWS_PAD_TO with
     weight 0, so only scored tokens reach the output layer and shapes repeat across batches.
+    Targets in `eos_ids` weigh `eos_weight` (training's `train.eos_weight`), all others 1.
     """
     idx = sorted(idx, key=lambda i: len(data.tokens[i]))
     n_parts = max(1, min(n_parts, len(idx)))
@@ -138,6 +141,8 @@ def collate(data: Encoded, idx: Sequence[int], n_parts: int) -> list[tuple[np.nd
         padded = _round_up(n, ROWS_PAD_TO)
         weights = np.zeros(padded, np.float32)
         weights[:n] = 1.0
+        if eos_weight != 1.0 and len(eos_ids):
+            weights[:n][np.isin(targets_a, list(eos_ids))] = eos_weight
         rows_a = np.pad(rows_a, (0, padded - n))
         targets_a = np.pad(targets_a, (0, padded - n))
         parts.append((inputs, rows_a, targets_a, weights, np.asarray(sel)))

@@ -309,7 +309,7 @@ def train(
         )
 
     with patched_attention(model, enable=cpu) as patched, restored_attr(layer_cls, "__call__", layer_call):
-        runner = Runner(model, optimizer, settings, n_layers, group)
+        runner = Runner(model, optimizer, settings, n_layers, group, sorted(tokenizer.eos_token_ids))
         runner.grad_accum = grad_accum  # gradients of the steps since the last update, if resumed
         log.info(
             "%s path: %s BLAS thread(s); attention %s; %s",

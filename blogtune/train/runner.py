@@ -77,12 +77,13 @@ def shard(idx: list[int], lengths: list[int], rank: int, world: int) -> tuple[li
 class Runner:
     """The compiled train/eval steps and the frozen-prefix cache."""
 
-    def __init__(self, model, optimizer, settings: TrainSettings, n_layers: int, group=None):
+    def __init__(self, model, optimizer, settings: TrainSettings, n_layers: int, group=None, eos_ids=()):
         import mlx.core as mx
         import mlx.nn as nn
         from mlx.utils import tree_map
 
         self.mx, self.model, self.settings = mx, model, settings
+        self.eos_ids = tuple(eos_ids)  # end-of-turn token(s): weigh train.eos_weight in training
         self.group = group if group is not None and group.size() > 1 else None
         self.rank, self.world = (group.rank(), group.size()) if self.group is not None else (0, 1)
         n_frozen = len(model.layers) - n_layers
@@ -106,12 +107,15 @@ class Runner:
                 logits = logits.reshape(-1, logits.shape[-1])[rows]
             return (ce(logits.astype(mx.float32), targets) * weights).sum()
 
+        # The loss is a weighted mean over scored tokens (weights: 1, or train.eos_weight for the
+        # end-of-turn token; 0 for padding); the count returned is of tokens, not weights.
         def loss_fn(model, x, rows, targets, weights):
-            ntok = weights.sum()
-            return micro_loss(model, x, rows, targets, weights) / mx.maximum(ntok, 1.0), ntok
+            loss = micro_loss(model, x, rows, targets, weights) / mx.maximum(weights.sum(), 1.0)
+            return loss, (weights > 0).sum().astype(mx.float32)
 
         def sum_loss_fn(model, x, rows, targets, weights):
-            return micro_loss(model, x, rows, targets, weights), weights.sum()
+            count = (weights > 0).sum().astype(mx.float32)
+            return micro_loss(model, x, rows, targets, weights), weights.sum(), count
 
         value_and_grad = nn.value_and_grad(model, loss_fn)
         value_and_sum_grad = nn.value_and_grad(model, sum_loss_fn)
@@ -123,10 +127,10 @@ class Runner:
             if group is None:
                 (loss, ntok), grad = value_and_grad(model, *batch)
                 return loss, ntok, grad
-            (loss_sum, ntok), grad = value_and_sum_grad(model, *batch)
+            (loss_sum, wsum, ntok), grad = value_and_sum_grad(model, *batch)
             ntok = mx.distributed.all_sum(ntok, group=group)
-            total = mx.maximum(ntok, 1.0)
-            # average_gradients divides the sum by world; scale it to sum / total tokens
+            total = mx.maximum(mx.distributed.all_sum(wsum, group=group), 1.0)
+            # average_gradients divides the sum by world; scale it to sum / total weight
             grad = tree_map(lambda g: g * (world / total), nn.average_gradients(grad, group))
             return mx.distributed.all_sum(loss_sum, group=group) / total, ntok, grad
 
@@ -165,9 +169,13 @@ class Runner:
         return f"output layer on scored tokens only; {cache}"
 
     def _inputs(self, data: Encoded, split_name: str, idx: list[int], scored: bool = True) -> tuple:
-        """Model inputs of one batch: token ids, or frozen-prefix hidden states (cached per sample)."""
+        """Model inputs of one batch: token ids, or frozen-prefix hidden states (cached per sample).
+
+        Only training batches weigh the end-of-turn token by train.eos_weight: the valid loss is
+        the plain mean that evaluation computes too (one definition of held-out loss)."""
         mx = self.mx
-        ((inputs, rows, targets, weights, ids),) = collate(data, idx, 1)
+        eos_weight = self.settings.eos_weight if split_name == "train" else 1.0
+        ((inputs, rows, targets, weights, ids),) = collate(data, idx, 1, self.eos_ids, eos_weight)
         weights = weights if scored else weights * 0.0
         arrays = (mx.array(rows), mx.array(targets), mx.array(weights))
         if self.split is None:

@@ -38,6 +38,7 @@ class TrainSettings:
     max_seq_length: int = _DEFAULT["max_seq_length"]  # longer samples are truncated (and counted)
     grad_checkpoint: bool = _DEFAULT["grad_checkpoint"]
     mask_prompt: bool = _DEFAULT["mask_prompt"]  # score only the answer tokens of chat samples
+    eos_weight: float = _DEFAULT["eos_weight"]  # loss weight of the end-of-turn token (training only)
     prefix_cache: bool = _DEFAULT["prefix_cache"]  # cache the frozen blocks' output per sample
     seed: int = _DEFAULT["seed"]
     steps_per_report: int = _DEFAULT["steps_per_report"]
