@@ -8,8 +8,8 @@ streams (one BLAS thread each) was measured slower on 2 cores, 173 vs 212 tokens
 133 vs 146 (all layers); perf showed each stream thread busy only about half the run.
 
 With an mlx.distributed group each process takes its share of every batch (`shard`): gradients
-and losses are sums over its scored tokens, summed over ranks and divided by the batch's scored
-tokens, which is the one-process mean gradient with the additions in another order.
+and losses are weighted sums over its scored tokens, summed over ranks and divided by the batch's
+total weight, which is the one-process mean gradient with the additions in another order.
 """
 
 from __future__ import annotations
