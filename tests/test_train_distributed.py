@@ -16,7 +16,9 @@ from blogtune.train.launch import free_port, ring
 from tests.test_train import FAST, data_dir, mlx_tiny, read_csv  # noqa: F401 (fixtures)
 
 # 16 samples in batches of 3: the last batch of each epoch has one sample, so one rank gets none.
-SETTINGS = {**FAST, "iters": 12, "batch_size": 3, "grad_accumulation": 2, "steps_per_report": 1, "save_every": 4}
+# eos_weight 1: the plain mean, whose adapters two processes reproduce to 1e-5 (the weighted loss
+# has its own check below).
+SETTINGS = {**FAST, "iters": 12, "batch_size": 3, "grad_accumulation": 2, "steps_per_report": 1, "save_every": 4, "eos_weight": 1.0}
 
 
 def job(model: Path, data: Path, out: Path, processes: int, **settings) -> dict:
@@ -54,16 +56,19 @@ def assert_same_adapters(a_dir: Path, b_dir: Path, atol: float) -> None:
     assert worst <= atol, f"adapters differ by up to {worst}"
 
 
-@pytest.fixture(scope="module")
-def runs(mlx_tiny, data_dir, tmp_path_factory):  # noqa: F811
-    root = tmp_path_factory.mktemp("distributed")
+def one_and_two(model: Path, data: Path, root: Path, **settings) -> dict[int, Path]:
     out = {}
     for n in (1, 2):
-        proc = in_subprocess(job(mlx_tiny, data_dir, root / f"p{n}", n))
+        proc = in_subprocess(job(model, data, root / f"p{n}", n, **settings))
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-4000:]
         out[n] = root / f"p{n}"
     return out
+
+
+@pytest.fixture(scope="module")
+def runs(mlx_tiny, data_dir, tmp_path_factory):  # noqa: F811
+    return one_and_two(mlx_tiny, data_dir, tmp_path_factory.mktemp("distributed"))
 
 
 def test_two_processes_follow_the_one_process_loss_curve(runs):
@@ -80,10 +85,16 @@ def test_two_processes_follow_the_one_process_loss_curve(runs):
 
 
 def test_two_processes_give_the_one_process_adapters(runs):
-    # Adam divides by each gradient's running size, so rounding in small gradients shows: the
-    # weighted end-of-turn token (train.eos_weight 5) left up to 2.0e-5 here, 2.3e-6 at weight 1,
-    # on adapters up to 0.15 (ranks weighing their tokens differently would move the loss curve).
-    assert_same_adapters(runs[1] / "adapters", runs[2] / "adapters", atol=5e-5)
+    assert_same_adapters(runs[1] / "adapters", runs[2] / "adapters", atol=1e-5)
+
+
+def test_two_processes_weigh_the_end_of_turn_token_as_one_does(mlx_tiny, data_dir, tmp_path):  # noqa: F811
+    # Ranks must divide by the batch's total weight, not their own: else the curves part.
+    weighted = one_and_two(mlx_tiny, data_dir, tmp_path, eos_weight=5.0)
+    one, two = losses(weighted[1] / "loss.csv"), losses(weighted[2] / "loss.csv")
+    assert one.keys() == two.keys() and len(one) > 12
+    for key in one:
+        assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-5), key
 
 
 def test_interrupted_two_process_run_resumes(runs, mlx_tiny, data_dir, tmp_path):  # noqa: F811
