@@ -1,9 +1,10 @@
 """Evaluation throughput: blogtune's held-out scoring vs `mlx_lm.lora --test` on the same data.
 
 Both run as fresh processes with OpenBLAS on the same MLX model and test.jsonl (batch size 4,
-same max_seq_length), end to end (load + tokenize + score); the ratio of wall times is the
-ratio of tokens/s. Prints both losses too (they differ by design: mlx-lm also scores one padding
-target per sample and drops a remainder batch; blogtune scores training's targets).
+same max_seq_length), end to end (load + tokenize + score), alternating runs (--runs, default 3);
+the ratio of median wall times is the ratio of tokens/s. Prints both losses too (they differ by
+design: mlx-lm also scores one padding target per sample and drops a remainder batch; blogtune
+scores training's targets).
 
     python bench/eval_throughput.py results/smollm2-135m-instruct/mlx_base results/smollm2-135m-instruct/data
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -65,14 +67,25 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("data", help="folder with train/valid/test.jsonl (mlx-lm chat samples)")
     ap.add_argument("--max-seq-length", type=int, default=512)
+    ap.add_argument("--runs", type=int, default=3, help="runs per side, alternating (median, min-max)")
     a = ap.parse_args()
-    ours = run_blogtune(a.model, str(a.data), a.max_seq_length)
-    peer = run_mlx_lm(a.model, str(a.data), a.max_seq_length)
+    walls: dict[str, list[float]] = {"blogtune": [], "mlx-lm": []}
+    for r in range(a.runs):
+        ours = run_blogtune(a.model, str(a.data), a.max_seq_length)
+        peer = run_mlx_lm(a.model, str(a.data), a.max_seq_length)
+        walls["blogtune"].append(ours["wall"])
+        walls["mlx-lm"].append(peer["wall"])
+        print(f"run {r + 1}/{a.runs}: blogtune {ours['wall']:.1f} s, mlx_lm.lora --test {peer['wall']:.1f} s", flush=True)
     tokens = ours["tokens"]
+    med = {k: statistics.median(v) for k, v in walls.items()}
     print(f"tokens scored (rendered sample tokens): {tokens}")
-    print(f"blogtune evaluation : {ours['wall']:.1f} s wall, {tokens / ours['wall']:.0f} tokens/s, loss {ours['loss']:.4f}")
-    print(f"mlx_lm.lora --test  : {peer['wall']:.1f} s wall, {tokens / peer['wall']:.0f} tokens/s, loss {peer['loss']}")
-    print(f"ratio (blogtune / mlx-lm tokens/s): {peer['wall'] / ours['wall']:.2f}x")
+    for name, loss in (("blogtune evaluation", ours["loss"]), ("mlx_lm.lora --test", peer["loss"])):
+        w = walls["blogtune" if name.startswith("blogtune") else "mlx-lm"]
+        print(
+            f"{name:<20}: {statistics.median(w):.1f} s wall (min-max {min(w):.1f}-{max(w):.1f}), "
+            f"{tokens / statistics.median(w):.0f} tokens/s, loss {loss}"
+        )
+    print(f"ratio (blogtune / mlx-lm tokens/s, medians): {med['mlx-lm'] / med['blogtune']:.2f}x")
 
 
 if __name__ == "__main__":
