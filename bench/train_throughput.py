@@ -55,18 +55,12 @@ def peak_rss_gb() -> float:
     return peak / (1024**3 if sys.platform == "darwin" else 1024**2)
 
 
-def worker_mlx(cfg: dict) -> dict:
-    from blogtune import blas
+def mlx_settings(cfg: dict):
+    """blogtune's TrainSettings for the bench (one process or several): the loss and optimizer
+    the PyTorch peer trains with (plain mean cross-entropy, Adam at a constant LR)."""
+    from blogtune.train import TrainSettings
 
-    if cfg["device"] == "cpu":
-        blas.setup_mlx_cpu()
-    import mlx.core as mx
-
-    if cfg["device"] == "gpu":
-        mx.set_default_device(mx.gpu)
-    from blogtune.train import TrainSettings, train
-
-    settings = TrainSettings(
+    return TrainSettings(
         num_layers=cfg["num_layers"],
         rank=cfg["rank"],
         scale=cfg["scale"],
@@ -84,6 +78,20 @@ def worker_mlx(cfg: dict) -> dict:
         steps_per_report=10**6,
         steps_per_eval=10**6,
     )
+
+
+def worker_mlx(cfg: dict) -> dict:
+    from blogtune import blas
+
+    if cfg["device"] == "cpu":
+        blas.setup_mlx_cpu()
+    import mlx.core as mx
+
+    if cfg["device"] == "gpu":
+        mx.set_default_device(mx.gpu)
+    from blogtune.train import train
+
+    settings = mlx_settings(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         result = train(cfg["mlx_model"], cfg["train_only_dir"], Path(tmp) / "adapters", settings)
     stats = result.step_stats
