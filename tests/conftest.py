@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,30 @@ import pytest
 from blogtune.testing import build_tiny_model, smollm2_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quick_scontrol_config(tmp_path_factory):
+    """Every `snakemake` the tests start loads the SLURM executor plugin, which asks `scontrol show
+    config` (10 s timeout) as it loads. With the SLURM client installed (.ci/run does, for
+    tests/test_slurm.py) and no controller running, that waits ~9 s per call, most of a dry run's
+    time. A running controller answers in milliseconds, so in the tests that one question gets 1 s
+    (tests/test_slurm.py's controller still answers it); every other scontrol call is unchanged."""
+    real = shutil.which("scontrol")
+    if real is None:
+        yield
+        return
+    shim = tmp_path_factory.mktemp("scontrol_shim")
+    script = shim / "scontrol"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = show ] && [ "$2" = config ]; then exec timeout 1 {real} "$@"; fi\n'
+        f'exec {real} "$@"\n'
+    )
+    script.chmod(0o755)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", f"{shim}{os.pathsep}{os.environ.get('PATH', '')}")
+        yield
 
 
 @pytest.fixture(scope="session")
