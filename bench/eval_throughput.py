@@ -79,11 +79,11 @@ def main() -> None:
     tokens = ours["tokens"]
     med = {k: statistics.median(v) for k, v in walls.items()}
     print(f"tokens scored (rendered sample tokens): {tokens}")
-    for name, loss in (("blogtune evaluation", ours["loss"]), ("mlx_lm.lora --test", peer["loss"])):
-        w = walls["blogtune" if name.startswith("blogtune") else "mlx-lm"]
+    for key, name, loss in (("blogtune", "blogtune evaluation", ours["loss"]), ("mlx-lm", "mlx_lm.lora --test", peer["loss"])):
+        w = walls[key]
         print(
-            f"{name:<20}: {statistics.median(w):.1f} s wall (min-max {min(w):.1f}-{max(w):.1f}), "
-            f"{tokens / statistics.median(w):.0f} tokens/s, loss {loss}"
+            f"{name:<20}: {med[key]:.1f} s wall (min-max {min(w):.1f}-{max(w):.1f}), "
+            f"{tokens / med[key]:.0f} tokens/s, loss {loss}"
         )
     print(f"ratio (blogtune / mlx-lm tokens/s, medians): {med['mlx-lm'] / med['blogtune']:.2f}x")
 

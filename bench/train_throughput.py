@@ -134,7 +134,7 @@ class MlxAdam:
             torch._foreach_add_(denom, self.eps)
             torch._foreach_addcdiv_(self.params, self.m, denom, value=-self.lr)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: ARG002 (torch's signature)
+    def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
 
@@ -187,7 +187,7 @@ def worker_torch(cfg: dict) -> dict:
         out = model(input_ids=ids, labels=labels)
         out.loss.backward()
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss = float(out.loss.item())
         if device == "cuda":
             torch.cuda.synchronize()
