@@ -115,3 +115,53 @@ def test_eos_weight_weighs_the_end_of_turn_token_in_training_only(tiny_llama, tm
     # The valid loss stays the plain mean that evaluation computes.
     es = ev.EvalSettings(mask_prompt=True, max_seq_length=512, batch_size=3)
     assert ev.summarize(ev.sample_losses(model, tokenizer, valid, "valid", es)).loss == pytest.approx(result.base_valid_loss, rel=1e-5)
+
+
+def test_loss_norm_tokens_weighs_every_token_the_same(tiny_llama, tmp_path):
+    """train.loss_norm: tokens: a batch's gradient is its mean-loss gradient times its weight over
+    the average batch's weight (short batches step less, long ones more); the reported loss stays
+    the batch's weighted mean."""
+    import mlx.optimizers as optim
+    from mlx.utils import tree_flatten
+    from mlx_lm import convert
+
+    from blogtune.train.batches import encode_split, mean_batch_weight
+    from blogtune.train.loop import apply_fine_tune, load_model
+    from blogtune.train.runner import Runner
+
+    mlx_dir = tmp_path / "mlx"
+    convert(str(tiny_llama), str(mlx_dir), dtype="float32")
+    rows = _samples(6, 5)
+    rows[0]["messages"][1]["content"] = "vacuum"  # a short answer in a batch of its own
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    eos_weight = 3.0
+
+    def batch_grads(loss_norm: str):
+        settings = TrainSettings(iters=1, batch_size=2, eos_weight=eos_weight, loss_norm=loss_norm, prefix_cache=False)
+        model, tokenizer, _ = load_model(mlx_dir, settings)
+        n_layers, _ = apply_fine_tune(model, settings)
+        data = encode_split(path, tokenizer._tokenizer, True, 512)
+        eos = sorted(tokenizer.eos_token_ids)
+        norm = mean_batch_weight(data, 2, eos, eos_weight) if loss_norm == "tokens" else None
+        runner = Runner(model, optim.Adam(learning_rate=0.0), settings, n_layers, None, eos, norm)
+        out = []
+        by_length = sorted(range(len(data)), key=lambda i: len(data.tokens[i]))  # as training batches
+        for idx in (by_length[0:2], by_length[2:4], by_length[4:6]):
+            loss, _, grad = runner._train_step(runner._inputs(data, "train", idx), None, False)
+            weight = float(runner._inputs(data, "train", idx)[-1].sum())
+            out.append((loss.item(), weight, [np.array(g) for _, g in tree_flatten(grad)]))
+        return out, norm
+
+    per_batch, _ = batch_grads("batch")
+    per_token, norm = batch_grads("tokens")
+    # The average batch's weight, counted apart: the batches' own weights as training collates them.
+    weights = [w for _, w, _ in per_batch]
+    assert norm == pytest.approx(sum(weights) / len(weights))
+    assert max(weights) > 1.5 * min(weights), "the batches must differ in weight for the test to mean anything"
+    for (loss_b, w, grads_b), (loss_t, _, grads_t) in zip(per_batch, per_token, strict=True):
+        assert loss_t == pytest.approx(loss_b, rel=1e-6)
+        for gb, gt in zip(grads_b, grads_t, strict=True):
+            want = gb * (w / norm)  # float32 rounding of two separate runs: relative to the scale
+            np.testing.assert_allclose(gt, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
+        assert abs(w / norm - 1) > 0.1

@@ -88,9 +88,11 @@ def test_two_processes_give_the_one_process_adapters(runs):
     assert_same_adapters(runs[1] / "adapters", runs[2] / "adapters", atol=1e-5)
 
 
-def test_two_processes_weigh_the_end_of_turn_token_as_one_does(mlx_tiny, data_dir, tmp_path):  # noqa: F811
-    # Ranks must divide by the batch's total weight, not their own: else the curves part.
-    weighted = one_and_two(mlx_tiny, data_dir, tmp_path, eos_weight=5.0)
+@pytest.mark.parametrize("loss_norm", ["batch", "tokens"])
+def test_two_processes_weigh_the_end_of_turn_token_as_one_does(mlx_tiny, data_dir, tmp_path, loss_norm):  # noqa: F811
+    # Ranks must divide by the whole batch's weight (or the average batch's), not their own:
+    # else the curves part.
+    weighted = one_and_two(mlx_tiny, data_dir, tmp_path, eos_weight=5.0, loss_norm=loss_norm)
     one, two = losses(weighted[1] / "loss.csv"), losses(weighted[2] / "loss.csv")
     assert one.keys() == two.keys() and len(one) > 12
     for key in one:

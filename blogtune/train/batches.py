@@ -106,6 +106,20 @@ def eval_batches(lengths: Sequence[int], batch_size: int, limit: int, seed: int)
     return batches
 
 
+def mean_batch_weight(data: Encoded, batch_size: int, eos_ids: Sequence[int] = (), eos_weight: float = 1.0) -> float:
+    """The scored weight of an average training batch: the split's total / batches per epoch.
+
+    `train.loss_norm: tokens` divides every batch's loss sum by it instead of by the batch's own
+    weight, so a token counts the same whether it sits in a batch of short answers or of long
+    chunks (batches hold samples of similar length), and steps keep their mean size."""
+    eos = set(eos_ids) if eos_weight != 1.0 else set()
+    total = 0.0
+    for toks, start in zip(data.tokens, data.starts, strict=True):
+        targets = toks[start:]
+        total += len(targets) + (eos_weight - 1.0) * sum(t in eos for t in targets)
+    return total / max(1, -(-len(data) // max(batch_size, 1)))
+
+
 def _round_up(n: int, k: int) -> int:
     return max(k, ((n + k - 1) // k) * k)
 

@@ -77,7 +77,9 @@ def shard(idx: list[int], lengths: list[int], rank: int, world: int) -> tuple[li
 class Runner:
     """The compiled train/eval steps and the frozen-prefix cache."""
 
-    def __init__(self, model, optimizer, settings: TrainSettings, n_layers: int, group=None, eos_ids=()):
+    def __init__(
+        self, model, optimizer, settings: TrainSettings, n_layers: int, group=None, eos_ids=(), token_norm=None
+    ):
         import mlx.core as mx
         import mlx.nn as nn
         from mlx.utils import tree_map
@@ -107,11 +109,15 @@ class Runner:
                 logits = logits.reshape(-1, logits.shape[-1])[rows]
             return (ce(logits.astype(mx.float32), targets) * weights).sum()
 
-        # The loss is a weighted mean over scored tokens (weights: 1, or train.eos_weight for the
-        # end-of-turn token; 0 for padding); the count returned is of tokens, not weights.
+        # The reported loss is a weighted mean over scored tokens (weights: 1, or train.eos_weight
+        # for the end-of-turn token; 0 for padding); the count returned is of tokens, not weights.
+        # The loss the gradient follows divides the same sum by the batch's weight (mlx-lm's mean
+        # per batch) or, with train.loss_norm: tokens, by the average batch's (`token_norm`).
         def loss_fn(model, x, rows, targets, weights):
-            loss = micro_loss(model, x, rows, targets, weights) / mx.maximum(weights.sum(), 1.0)
-            return loss, (weights > 0).sum().astype(mx.float32)
+            total = micro_loss(model, x, rows, targets, weights)
+            wsum = mx.maximum(weights.sum(), 1.0)
+            objective = total / (wsum if token_norm is None else token_norm)
+            return objective, ((weights > 0).sum().astype(mx.float32), total / wsum)
 
         def sum_loss_fn(model, x, rows, targets, weights):
             count = (weights > 0).sum().astype(mx.float32)
@@ -125,13 +131,14 @@ class Runner:
         def batch_grad(batch):
             """(mean loss, scored tokens, mean gradient) of the whole batch, over all ranks."""
             if group is None:
-                (loss, ntok), grad = value_and_grad(model, *batch)
+                (_, (ntok, loss)), grad = value_and_grad(model, *batch)
                 return loss, ntok, grad
             (loss_sum, wsum, ntok), grad = value_and_sum_grad(model, *batch)
             ntok = mx.distributed.all_sum(ntok, group=group)
             total = mx.maximum(mx.distributed.all_sum(wsum, group=group), 1.0)
-            # average_gradients divides the sum by world; scale it to sum / total weight
-            grad = tree_map(lambda g: g * (world / total), nn.average_gradients(grad, group))
+            denom = total if token_norm is None else token_norm
+            # average_gradients divides the sum by world; scale it to sum / the whole batch's weight
+            grad = tree_map(lambda g: g * (world / denom), nn.average_gradients(grad, group))
             return mx.distributed.all_sum(loss_sum, group=group) / total, ntok, grad
 
         def train_step(batch, prev_grad, do_update: bool):
@@ -146,7 +153,8 @@ class Runner:
             return loss, ntok, grad
 
         def eval_step(batch):
-            return loss_fn(model, *batch)
+            _, (ntok, loss) = loss_fn(model, *batch)
+            return loss, ntok
 
         prefix = split[0] if split is not None else None
         if settings.compile:

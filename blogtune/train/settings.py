@@ -39,6 +39,7 @@ class TrainSettings:
     grad_checkpoint: bool = _DEFAULT["grad_checkpoint"]
     mask_prompt: bool = _DEFAULT["mask_prompt"]  # score only the answer tokens of chat samples
     eos_weight: float = _DEFAULT["eos_weight"]  # loss weight of the end-of-turn token (training only)
+    loss_norm: str = _DEFAULT["loss_norm"]  # batch: mean per batch (mlx-lm) | tokens: every token the same
     prefix_cache: bool = _DEFAULT["prefix_cache"]  # cache the frozen blocks' output per sample
     seed: int = _DEFAULT["seed"]
     steps_per_report: int = _DEFAULT["steps_per_report"]
