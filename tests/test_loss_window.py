@@ -125,7 +125,7 @@ def test_loss_norm_tokens_weighs_every_token_the_same(tiny_llama, tmp_path):
     from mlx.utils import tree_flatten
     from mlx_lm import convert
 
-    from blogtune.train.batches import encode_split, mean_batch_weight
+    from blogtune.train.batches import encode_split, split_weight
     from blogtune.train.loop import apply_fine_tune, load_model
     from blogtune.train.runner import Runner
 
@@ -143,7 +143,7 @@ def test_loss_norm_tokens_weighs_every_token_the_same(tiny_llama, tmp_path):
         n_layers, _ = apply_fine_tune(model, settings)
         data = encode_split(path, tokenizer._tokenizer, True, 512)
         eos = sorted(tokenizer.eos_token_ids)
-        norm = mean_batch_weight(data, 2, eos, eos_weight) if loss_norm == "tokens" else None
+        norm = split_weight(data, eos, eos_weight) / 3 if loss_norm == "tokens" else None  # 3 batches
         runner = Runner(model, optim.Adam(learning_rate=0.0), settings, n_layers, None, eos, norm)
         out = []
         by_length = sorted(range(len(data)), key=lambda i: len(data.tokens[i]))  # as training batches

@@ -106,18 +106,26 @@ def eval_batches(lengths: Sequence[int], batch_size: int, limit: int, seed: int)
     return batches
 
 
-def mean_batch_weight(data: Encoded, batch_size: int, eos_ids: Sequence[int] = (), eos_weight: float = 1.0) -> float:
-    """The scored weight of an average training batch: the split's total / batches per epoch.
+def target_weights(targets: np.ndarray, eos_ids: Sequence[int] = (), eos_weight: float = 1.0) -> np.ndarray:
+    """Loss weight of each scored target: `eos_weight` (training's `train.eos_weight`) for the
+    end-of-turn token(s), 1 for every other."""
+    weights = np.ones(len(targets), np.float32)
+    if eos_weight != 1.0 and len(eos_ids):
+        weights[np.isin(targets, list(eos_ids))] = eos_weight
+    return weights
 
-    `train.loss_norm: tokens` divides every batch's loss sum by it instead of by the batch's own
-    weight, so a token counts the same whether it sits in a batch of short answers or of long
-    chunks (batches hold samples of similar length), and steps keep their mean size."""
-    eos = set(eos_ids) if eos_weight != 1.0 else set()
-    total = 0.0
-    for toks, start in zip(data.tokens, data.starts, strict=True):
-        targets = toks[start:]
-        total += len(targets) + (eos_weight - 1.0) * sum(t in eos for t in targets)
-    return total / max(1, -(-len(data) // max(batch_size, 1)))
+
+def split_weight(data: Encoded, eos_ids: Sequence[int] = (), eos_weight: float = 1.0) -> float:
+    """Total loss weight of a split's scored targets. `train.loss_norm: tokens` divides every
+    batch's loss sum by this over the batches per epoch (the average batch's weight) instead of by
+    the batch's own weight: a token counts the same whether it sits in a batch of short answers or
+    of long chunks (batches hold samples of similar length), and steps keep their mean size."""
+    return float(
+        sum(
+            target_weights(np.asarray(t[s:]), eos_ids, eos_weight).sum()
+            for t, s in zip(data.tokens, data.starts, strict=True)
+        )
+    )
 
 
 def _round_up(n: int, k: int) -> int:
@@ -132,7 +140,7 @@ def collate(
 
     rows: flat positions (b * T) of scored targets, padded to a multiple of ROWS_PAD_TO with
     weight 0, so only scored tokens reach the output layer and shapes repeat across batches.
-    Targets in `eos_ids` weigh `eos_weight` (training's `train.eos_weight`), all others 1.
+    Targets weigh `target_weights`; padding 0.
     """
     idx = sorted(idx, key=lambda i: len(data.tokens[i]))
     n_parts = max(1, min(n_parts, len(idx)))
@@ -154,9 +162,7 @@ def collate(
         n = len(rows_a)
         padded = _round_up(n, ROWS_PAD_TO)
         weights = np.zeros(padded, np.float32)
-        weights[:n] = 1.0
-        if eos_weight != 1.0 and len(eos_ids):
-            weights[:n][np.isin(targets_a, list(eos_ids))] = eos_weight
+        weights[:n] = target_weights(targets_a, eos_ids, eos_weight)
         rows_a = np.pad(rows_a, (0, padded - n))
         targets_a = np.pad(targets_a, (0, padded - n))
         parts.append((inputs, rows_a, targets_a, weights, np.asarray(sel)))

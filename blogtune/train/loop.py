@@ -24,7 +24,7 @@ import numpy as np
 
 from blogtune.io_utils import atomic_dir, atomic_write_json
 from blogtune.model.convert import rope_overrides
-from blogtune.train.batches import Encoded, encode_split, eval_batches, mean_batch_weight, plan_batches
+from blogtune.train.batches import Encoded, encode_split, eval_batches, plan_batches, split_weight
 from blogtune.train.checkpoint import (
     SignalCatcher,
     fingerprint,
@@ -312,7 +312,7 @@ def train(
         eos_ids = sorted(tokenizer.eos_token_ids)
         token_norm = None
         if settings.loss_norm == "tokens":
-            token_norm = mean_batch_weight(train_set, batch_size, eos_ids, settings.eos_weight)
+            token_norm = split_weight(train_set, eos_ids, settings.eos_weight) / per_epoch
             log.info("loss_norm tokens: every batch's loss sum / %.1f (the average batch's weight)", token_norm)
         runner = Runner(model, optimizer, settings, n_layers, group, eos_ids, token_norm)
         runner.grad_accum = grad_accum  # gradients of the steps since the last update, if resumed
