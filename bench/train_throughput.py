@@ -11,8 +11,9 @@ the same formatted data (the workflow's `format` output for sample_blog/, or --d
 train.jsonl), with the same LoRA layers/rank/alpha (PEFT lora_alpha = scale x rank)/targets, Adam
 without bias correction (mlx's update; torch runs it as MlxAdam) at a constant LR, the same
 batches in the same order (blogtune.train.batches.plan_batches) and the same truncation. Each run
-is a fresh subprocess, alternating MLX, torch, MLX, torch...; warm-up steps are excluded; the figure per framework is the median over runs of scored (non-padding,
-non-prompt) tokens / second of training steps. Also printed: peak RSS per framework and the mean
+is a fresh subprocess, alternating MLX, torch, MLX, torch...; warm-up steps are excluded; the
+figure per framework is the median over runs of scored (non-padding, non-prompt) tokens / second
+of training steps. Also printed: peak RSS per framework and the mean
 training loss over the last 5 steps of each (it fails loudly if they disagree by > 2%).
 
 MLX runs `blogtune.train.train` itself (length-aware micro-batches, scored-token-only output

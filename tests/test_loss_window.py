@@ -143,11 +143,12 @@ def test_loss_norm_tokens_weighs_every_token_the_same(tiny_llama, tmp_path):
         n_layers, _ = apply_fine_tune(model, settings)
         data = encode_split(path, tokenizer._tokenizer, True, 512)
         eos = sorted(tokenizer.eos_token_ids)
-        norm = split_weight(data, eos, eos_weight) / 3 if loss_norm == "tokens" else None  # 3 batches
+        by_length = sorted(range(len(data)), key=lambda i: len(data.tokens[i]))  # as training batches
+        batches = [by_length[0:2], by_length[2:4], by_length[4:6]]
+        norm = split_weight(data, eos, eos_weight) / len(batches) if loss_norm == "tokens" else None
         runner = Runner(model, optim.Adam(learning_rate=0.0), settings, n_layers, None, eos, norm)
         out = []
-        by_length = sorted(range(len(data)), key=lambda i: len(data.tokens[i]))  # as training batches
-        for idx in (by_length[0:2], by_length[2:4], by_length[4:6]):
+        for idx in batches:
             loss, _, grad = runner._train_step(runner._inputs(data, "train", idx), None, False)
             weight = float(runner._inputs(data, "train", idx)[-1].sum())
             out.append((loss.item(), weight, [np.array(g) for _, g in tree_flatten(grad)]))
